@@ -1,0 +1,92 @@
+"""The `vae` command: `vae train`, `vae evaluate`, and subcommands registered by other packages.
+
+Subcommands outside `model/` (such as `vae serve` from `service/`) register through the entry-point
+group "vae.commands" with a `register(subparsers)` function, so `model` never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from model.config import TrainConfig, add_config_arguments, config_overrides
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.checkpoint import CONFIG, is_complete
+    from model.train import train
+
+    out = Path(args.out)
+    if args.skip_if_complete and is_complete(out):
+        print(f"{out} already holds a complete run; nothing to do")
+        return 0
+    overrides = config_overrides(args)
+    if args.resume and (out / CONFIG).exists():
+        config = TrainConfig.load(out / CONFIG).replace(**{k: v for k, v in overrides.items() if k == "epochs"})
+        if set(overrides) - {"epochs"}:
+            config = config.replace(**overrides)  # let train() name the differing settings
+    else:
+        config = TrainConfig(**overrides)
+    run = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"run written to {run}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model.checkpoint import load_model
+    from model.data import load_data
+    from model.train import finish, resolve_device
+
+    model, config = load_model(args.run_dir)
+    model.to(resolve_device(config.device if args.device is None else args.device))
+    data = load_data(config).to(next(model.parameters()).device)
+    evaluation = finish(model, config, data, Path(args.run_dir), k=args.k)
+    print(f"test ELBO {evaluation['test']['elbo']:.2f}, L_{evaluation['iwae']['k']} {evaluation['iwae']['log_px']:.2f} nats")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vae", description="Train, analyse and serve variational autoencoders.")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model into a run directory",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(train)
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train.add_argument("--skip-if-complete", action="store_true", help="exit 0 if --out holds a complete run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="recompute evaluation.json of a run")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--k", type=int, default=None, help="importance samples (default: the run's eval_k)")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    evaluate.set_defaults(handler=_evaluate)
+
+    for entry in entry_points(group="vae.commands"):
+        entry.load()(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from model.checkpoint import CheckpointError
+    from model.data import DataError
+    from model.train import TrainingError
+
+    try:
+        return args.handler(args)
+    except (CheckpointError, DataError, TrainingError, ValueError) as error:
+        print(f"vae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vae {args.command}: interrupted; `vae train --resume --out DIR` continues a run", file=sys.stderr)
+        return 130

@@ -1,0 +1,129 @@
+"""Evaluation of a trained model: test bounds, active units, the latent classifier and calibration."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration, ScoreCalibration
+from model.classifier import LinearSoftmaxClassifier, fit_logistic_regression
+from model.data import DataBundle, Split, eval_batches
+from model.objectives import iwae_bound
+from model.scores import DEFAULT_SCORE, score_batches
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
+CLASSIFIER_MAX_TRAIN = 10_000  # logistic regression on more images buys little accuracy for its time
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def split_elbo(model: nn.Module, split: Split, kl: str = "sampled", batch_size: int = 1000) -> dict[str, float]:
+    """Mean ELBO, log p(x|z) and KL over a split (nats per image)."""
+    totals = {"elbo": 0.0, "log_px": 0.0, "kl": 0.0}
+    device = _device(model)
+    for x, _ in eval_batches(split, batch_size):
+        terms = model.elbo_terms(x.to(device), kl=kl)
+        totals["elbo"] += terms.elbo.sum().item()
+        totals["log_px"] += terms.log_px.sum().item()
+        totals["kl"] += terms.kl.sum().item()
+    return {k: v / len(split) for k, v in totals.items()}
+
+
+@torch.no_grad()
+def split_iwae(model: nn.Module, split: Split, k: int, batch_size: int = 100) -> Tensor:
+    """L_K per image over a split, on the CPU (N,)."""
+    device = _device(model)
+    return torch.cat([iwae_bound(model, x.to(device), k).cpu() for x, _ in eval_batches(split, batch_size)])
+
+
+@torch.no_grad()
+def split_features(model: nn.Module, split: Split, batch_size: int = 1000) -> Tensor:
+    device = _device(model)
+    return torch.cat([model.features(x.to(device)).cpu() for x, _ in eval_batches(split, batch_size)])
+
+
+def active_units(features: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> dict:
+    """Units whose posterior mean varies across data: Cov_x(E_q[u]) > threshold (Burda et al. 2015)."""
+    variance = features.var(0)
+    return {"count": int((variance > threshold).sum()), "of": int(features.shape[1]),
+            "variance": [round(float(v), 5) for v in variance]}
+
+
+@torch.no_grad()
+def reconstruction_errors(model: nn.Module, split: Split, batch_size: int = 1000) -> Tensor:
+    """Mean squared pixel error of the decoder mean at the posterior mean, per image (N,)."""
+    device = _device(model)
+    out = []
+    for x, _ in eval_batches(split, batch_size):
+        x = x.to(device)
+        out.append((model.reconstruct(x) - x).pow(2).flatten(1).mean(1).cpu())
+    return torch.cat(out)
+
+
+def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[LinearSoftmaxClassifier, dict]:
+    """Exercise 2.4: logistic regression on encoder means, next to the same on raw pixels."""
+    train = data.train
+    if len(train) > CLASSIFIER_MAX_TRAIN:
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:CLASSIFIER_MAX_TRAIN]
+        train = Split(train.x[pick.to(train.x.device)], train.y[pick.to(train.y.device)])
+    y_train, y_test = train.y.cpu().numpy(), data.test.y.cpu().numpy()
+    if len(np.unique(y_train)) < 2:
+        return None, {"skipped": "a classifier needs at least two classes in the training data"}
+    latent = fit_logistic_regression(split_features(model, train).numpy(), y_train, seed=seed)
+    latent_acc = float((latent.predict(split_features(model, data.test)).numpy() == y_test).mean())
+    pixels_train = train.x.flatten(1).cpu().numpy()
+    pixels = fit_logistic_regression(pixels_train, y_train, max_iter=200, seed=seed)
+    pixel_acc = float((pixels.predict(data.test.x.flatten(1).cpu()).numpy() == y_test).mean())
+    summary = {"latent_accuracy": latent_acc, "pixel_accuracy": pixel_acc, "train_images": len(train),
+               "classes": [int(c) for c in latent.classes]}
+    return latent, summary
+
+
+def calibrate(model: nn.Module, normal: Split, k: int) -> AnomalyCalibration:
+    """Quantiles of the default anomaly score (−L_K, nats) on held-out normal images."""
+    scores = score_batches(model, normal.x, DEFAULT_SCORE, k=k).numpy()
+    return AnomalyCalibration({DEFAULT_SCORE: ScoreCalibration.fit(DEFAULT_SCORE, scores, {"k": k})}, DEFAULT_SCORE)
+
+
+def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, kl: str = "sampled",
+             seed: int = 0) -> tuple[dict, LinearSoftmaxClassifier | None, AnomalyCalibration]:
+    """Every number of evaluation.json, plus the classifier and calibration it reports on."""
+    started = time.perf_counter()
+    model.eval()
+    torch.manual_seed(seed)
+    n_pixels = math.prod(model.input_shape)
+    test = split_elbo(model, data.test, kl)
+    log_px = split_iwae(model, data.test, k)
+    iwae = float(log_px.mean())
+    recon = reconstruction_errors(model, data.test)
+    per_class = {
+        str(int(c)): {"images": int((data.test.y.cpu() == c).sum()),
+                      "reconstruction_mse": float(recon[data.test.y.cpu() == c].mean()),
+                      "iwae_log_px": float(log_px[data.test.y.cpu() == c].mean())}
+        for c in torch.unique(data.test.y.cpu())
+    }
+    classifier, classifier_summary = fit_classifiers(model, data, seed)
+    calibration = calibrate(model, data.validation, calibration_k)
+    default = calibration.scores[calibration.default]
+    evaluation = {
+        "test": {**test, "images": len(data.test)},
+        "iwae": {"k": k, "log_px": iwae, "nll": -iwae, "bits_per_dim": -iwae / (n_pixels * math.log(2))},
+        "active_units": active_units(split_features(model, data.test)),
+        "reconstruction_mse": float(recon.mean()),
+        "per_class": per_class,
+        "classifier": classifier_summary,
+        "calibration": {"score": default.score, "k": calibration_k, "images": default.n,
+                        "false_positive_rate": DEFAULT_FALSE_POSITIVE_RATE,
+                        "threshold": default.threshold(DEFAULT_FALSE_POSITIVE_RATE)},
+        "binarize": data.binarize,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return evaluation, classifier, calibration

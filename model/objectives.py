@@ -1,0 +1,137 @@
+"""How the objectives are computed: the ELBO, the β-ELBO and the importance-weighted bound L_K.
+
+Objectives are plain functions of a model and a batch; `VariationalInference` is the course's
+callable face over them. Importance samples come first in every shape: `(K, B, ...)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import kl_divergence
+
+from model.noise import Noise
+
+KLMode = Literal["sampled", "analytic"]
+
+
+def reduce_to(values: Tensor, ndim: int) -> Tensor:
+    """Sum `values` over every dimension after the first `ndim` (e.g. pixels, latent units)."""
+    return values.flatten(ndim).sum(-1) if values.dim() > ndim else values
+
+
+@dataclass(frozen=True)
+class ElboTerms:
+    """Per-example terms of the evidence lower bound, each of shape (B,)."""
+
+    log_px: Tensor  # E_q[log p(x|z)], one sample
+    kl: Tensor  # KL(q(z|x) || p(z)), sampled or analytic
+
+    @property
+    def elbo(self) -> Tensor:
+        return self.log_px - self.kl
+
+    def beta_elbo(self, beta: float) -> Tensor:
+        # log p(x|z) − β·KL. Not `elbo − β·kl`, which would count the KL twice.
+        return self.log_px - beta * self.kl
+
+
+def elbo_terms_from_outputs(x: Tensor, outputs: dict, kl: KLMode = "sampled") -> ElboTerms:
+    """The ELBO's terms from a model's `forward` outputs (`px`, `pz`, `qz`, `z`).
+
+    `kl="sampled"` is the course's one-sample estimate log q(z|x) − log p(z) at the sampled z;
+    `kl="analytic"` uses the closed form registered with `torch.distributions.kl_divergence`.
+    """
+    px, pz, qz, z = outputs["px"], outputs["pz"], outputs["qz"], outputs["z"]
+    batch = x.shape[0]
+    log_px = reduce_to(px.log_prob(x.reshape(px.batch_shape + px.event_shape)), 1)
+    if kl == "sampled":
+        kl_term = reduce_to(qz.log_prob(z), 1) - reduce_to(pz.log_prob(z), 1)
+    elif kl == "analytic":
+        kl_term = reduce_to(kl_divergence(qz, pz), 1)
+    else:
+        raise ValueError(f"unknown KL mode {kl!r}; expected 'sampled' or 'analytic'")
+    assert log_px.shape == kl_term.shape == (batch,), (log_px.shape, kl_term.shape)
+    return ElboTerms(log_px=log_px, kl=kl_term)
+
+
+class VariationalInference:
+    """The course's β-ELBO objective: `loss, diagnostics, outputs = vi(model, x)`.
+
+    loss = −mean(log p(x|z) − β·KL); diagnostics hold per-example `elbo`, `log_px` and `kl`.
+
+    Args:
+        beta: weight of the KL term (1 gives the ELBO; 0 a plain autoencoder).
+        kl: "sampled" (the course's log q(z|x) − log p(z)) or "analytic" (closed form, lower variance).
+    """
+
+    def __init__(self, beta: float = 1.0, kl: KLMode = "sampled"):
+        self.beta = beta
+        self.kl = kl
+
+    def __call__(self, model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor], dict]:
+        outputs = model(x)
+        terms = elbo_terms_from_outputs(x, outputs, self.kl)
+        loss = -terms.beta_elbo(self.beta).mean()
+        with torch.no_grad():
+            diagnostics = {"elbo": terms.elbo, "log_px": terms.log_px, "kl": terms.kl}
+        return loss, diagnostics, outputs
+
+
+def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:
+    """log (1/K) Σ_k exp(log_w_k), stably."""
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+def iwae_bound(model: nn.Module, x: Tensor, num_samples: int, chunk_size: int = 128,
+               noise: Noise | None = None) -> Tensor:
+    """The importance-weighted bound L_K(x) (Burda et al. 2015, eq. 8), per example.
+
+    L_K = log (1/K) Σ_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x). The K samples are drawn in chunks of
+    `chunk_size`, keeping a running log-sum-exp, so memory is O(chunk_size · B) whatever K is.
+
+    Args:
+        model: any model kind with `log_weights(x, num_samples, noise) -> (K, B)`.
+        x: images (B, ...).
+        num_samples: K ≥ 1.
+    Returns:
+        L_K(x), shape (B,).
+    """
+    if num_samples < 1:
+        raise ValueError(f"the importance-weighted bound needs K >= 1 samples, got {num_samples}")
+    running = None  # (B,) log Σ_k w_k so far
+    done = 0
+    while done < num_samples:
+        k = min(chunk_size, num_samples - done)
+        log_w = model.log_weights(x, k, noise=noise)  # (k, B)
+        chunk = torch.logsumexp(log_w, 0)
+        running = chunk if running is None else torch.logaddexp(running, chunk)
+        done += k
+    return running - math.log(num_samples)
+
+
+class ImportanceWeightedObjective:
+    """Training with the importance-weighted bound: loss = −mean L_K(x) (Burda et al. 2015).
+
+    The gradient of L_K weights each sample's gradient by its normalised importance weight, so
+    K = 1 is the ordinary (sampled-KL) ELBO. Diagnostics report the ELBO terms of one sample.
+    """
+
+    def __init__(self, num_samples: int):
+        if num_samples < 1:
+            raise ValueError(f"the IWAE objective needs K >= 1 samples, got {num_samples}")
+        self.num_samples = num_samples
+
+    def __call__(self, model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor], dict]:
+        log_w = model.log_weights(x, self.num_samples)  # (K, B)
+        bound = log_mean_exp(log_w, 0)
+        loss = -bound.mean()
+        with torch.no_grad():
+            outputs = model(x)
+            terms = elbo_terms_from_outputs(x, outputs, "sampled")
+            diagnostics = {"elbo": terms.elbo, "log_px": terms.log_px, "kl": terms.kl, "iwae": bound}
+        return loss, diagnostics, outputs

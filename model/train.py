@@ -1,0 +1,168 @@
+"""The training loop: a TrainConfig in, a complete run directory out (see model.checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from model import checkpoint as ckpt
+from model.artefacts import append_jsonl, read_jsonl, write_bytes, write_json
+from model.config import TrainConfig
+from model.data import DataBundle, load_data, training_batches
+from model.evaluate import evaluate, split_elbo
+from model.kinds import build_model, build_objective
+from model.schedules import Progress
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to try."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for, but torch finds no CUDA device")
+    return torch.device(name)
+
+
+def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig:
+    """Check the run directory against the request; returns the config to train with."""
+    has_run = (out / ckpt.CONFIG).exists()
+    if resume:
+        if not has_run:
+            raise TrainingError(f"--resume: {out} holds no run to resume ({ckpt.CONFIG} is missing)")
+        saved = TrainConfig.load(out / ckpt.CONFIG)
+        # Only the epoch budget may change on resume; anything else would be another experiment.
+        differing = {k for k, v in config.to_dict().items() if k != "epochs" and saved.to_dict()[k] != v}
+        if differing:
+            raise TrainingError(
+                f"--resume: the settings {sorted(differing)} differ from the run in {out}; "
+                "only --epochs may change when resuming"
+            )
+        return saved.replace(epochs=config.epochs)
+    if has_run and not overwrite:
+        raise TrainingError(
+            f"{out} already holds a run; pass --resume to continue it, --overwrite to start afresh, "
+            "or choose another --out (curves must never silently continue an old run)"
+        )
+    if has_run:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / ckpt.CONFIG, config.to_dict())
+    return config
+
+
+def _mean(values: dict[str, list[float]], counts: int) -> dict[str, float]:
+    return {k: v / counts for k, v in values.items()}
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, data: DataBundle | None = None) -> Path:
+    """Train a model as `config` says and write a complete run directory to `out_dir`.
+
+    Each epoch appends to metrics.jsonl and saves weights and optimizer state atomically, so an
+    interrupted run continues with `resume=True` from the last completed epoch. After the last
+    epoch the model is evaluated and the manifest is written.
+
+    Args:
+        data: pre-loaded splits (tests and sweeps share them); loaded from `config` if omitted.
+    Returns:
+        The run directory.
+    """
+    out = Path(out_dir)
+    config = _prepare_run_dir(out, config, resume, overwrite)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    data = (data or load_data(config)).to(device)
+    model = build_model(config, data.train.x.shape[1:]).to(device)
+    objective = build_objective(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start_epoch, step = 0, 0
+    if resume and (out / ckpt.TRAINING_STATE).exists():
+        state = ckpt.load_training_state(out)
+        model.load_state_dict(ckpt.load_model(out)[0].state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+    # Lines past the last saved epoch belong to an epoch whose weights were never saved.
+    history = read_jsonl(out / ckpt.METRICS)[:start_epoch]
+    write_bytes(out / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
+    if start_epoch < config.epochs:
+        (out / ckpt.MANIFEST).unlink(missing_ok=True)  # extending a finished run: no longer complete
+
+    bar = _progress_bar(progress, start_epoch, config.epochs)
+    batches_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        for i, (x, y) in enumerate(training_batches(data.train, config.batch_size, data.binarize)):
+            position = Progress(epoch=epoch + i / batches_per_epoch, step=step)
+            loss, diagnostics = objective(model, x, y, position)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last completed "
+                    f"epoch ({epoch}) is saved. Try a lower --lr, --grad-clip 100, --kl analytic or --beta-warmup"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            for key, value in diagnostics.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().sum().item()
+        seconds = time.perf_counter() - started
+        model.eval()
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train": {k: v / len(data.train) for k, v in sums.items()},
+            "validation": split_elbo(model, data.validation, config.kl),
+            **objective.schedule(Progress(epoch=epoch + 1, step=step)),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(len(data.train) / seconds, 1),
+        }
+        # Weights first, then optimizer state, then the metrics line: a crash between them leaves
+        # a resumable state (resume trusts training_state.pt's epoch and trims metrics to it).
+        ckpt.save_weights(out, model)
+        ckpt.save_training_state(out, optimizer, epoch + 1, step)
+        append_jsonl(out / ckpt.METRICS, record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{-record['train']['elbo']:.2f}", val_elbo=f"{record['validation']['elbo']:.2f}",
+                            img_s=f"{record['images_per_second']:.0f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    if not ckpt.is_complete(out):
+        finish(model, config, data, out)
+    return out
+
+
+def finish(model, config: TrainConfig, data: DataBundle, out: Path, k: int | None = None) -> dict:
+    """Evaluate, store the classifier and calibration, then write the manifest (the run is complete)."""
+    evaluation, classifier, calibration = evaluate(
+        model, data, k=k or config.eval_k, calibration_k=config.calibration_k, kl=config.kl, seed=config.seed)
+    if classifier is not None:
+        ckpt.save_tensors(out / ckpt.CLASSIFIER, classifier.state_tensors())
+    write_json(out / ckpt.CALIBRATION, calibration.to_dict())
+    write_json(out / ckpt.EVALUATION, evaluation)
+    ckpt.write_manifest(out, config, {"epochs_completed": config.epochs})
+    return evaluation
+
+
+def _progress_bar(enabled: bool, start: int, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="epochs", unit="epoch", dynamic_ncols=True)
