@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from model.config import TrainConfig, add_config_arguments, config_overrides
+
+
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -69,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     evaluate.set_defaults(handler=_evaluate)
 
+    # Subcommands defined beside the code they run. Each module has `register(commands)` and keeps
+    # its top-level imports light (matplotlib, torchvision, sklearn are imported inside functions).
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(commands)
     for entry in entry_points(group="vae.commands"):
         entry.load()(commands)
     return parser
