@@ -1,0 +1,143 @@
+"""Training on the embedded data: artefacts, round trips, --resume, and clear errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import CheckpointError, TrainConfig, load_checkpoint
+from model.checkpoint import ARTEFACTS, MANIFEST, TRAINING_STATE
+from model.cli import main
+from model.data import DataError, load_data
+from model.train import TrainingError, train
+
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+TINY = dict(hidden=(32,), latent_features=2, epochs=2, batch_size=128, train_subset=600,
+            eval_k=20, calibration_k=10, seed=7)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data(TrainConfig(**TINY))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    return train(TrainConfig(**TINY), tmp_path_factory.mktemp("runs") / "tiny", data=data, progress=False)
+
+
+def test_run_directory_is_complete(run):
+    for name in (*ARTEFACTS, MANIFEST, TRAINING_STATE):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert set(lines[0]["validation"]) == {"elbo", "log_px", "kl"}
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["iwae"]["k"] == 20
+    # L_K is a tighter bound than the ELBO on average.
+    assert evaluation["iwae"]["log_px"] >= evaluation["test"]["elbo"] - 1.0
+    assert 0 <= evaluation["active_units"]["count"] <= 2
+    assert 0.1 < evaluation["classifier"]["latent_accuracy"] <= 1
+    assert evaluation["calibration"]["threshold"] > 0
+
+
+def test_checkpoint_round_trips(run, data):
+    checkpoint = load_checkpoint(run)
+    assert checkpoint.config == TrainConfig(**TINY)
+    x = data.test.x[:5]
+    again = load_checkpoint(run)
+    assert torch.equal(checkpoint.model.features(x), again.model.features(x))
+    probs = checkpoint.classifier(checkpoint.model.features(x))
+    assert torch.allclose(probs.sum(1), torch.ones(5))
+    calibration = checkpoint.calibration.scores[checkpoint.calibration.default]
+    assert calibration.threshold(0.01) >= calibration.threshold(0.5)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, data):
+    one = train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path / "resumed", data=data, progress=False)
+    train(TrainConfig(**TINY), one, resume=True, data=data, progress=False)
+    straight = train(TrainConfig(**TINY), tmp_path / "straight", data=data, progress=False)
+    resumed_lines = (one / "metrics.jsonl").read_text().splitlines()
+    assert len(resumed_lines) == 2
+    a, b = load_checkpoint(one).model.state_dict(), load_checkpoint(straight).model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_rerunning_into_an_existing_run_is_refused(run, data):
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(TrainConfig(**TINY), run, data=data, progress=False)
+
+
+def test_resume_refuses_changed_settings(run, data):
+    with pytest.raises(TrainingError, match=r"\['beta'\]"):
+        train(TrainConfig(**{**TINY, "beta": 2.0}), run, resume=True, data=data, progress=False)
+
+
+def test_damaged_checkpoint_is_named(run, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for item in run.iterdir():
+        (damaged / item.name).write_bytes(item.read_bytes())
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="model.safetensors: damaged"):
+        load_checkpoint(damaged)
+    manifest = json.loads((damaged / MANIFEST).read_text())
+    (damaged / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="unsupported format version 99"):
+        load_checkpoint(damaged)
+    with pytest.raises(CheckpointError, match="no such run directory"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_bad_images_are_refused_with_what_was_expected(run):
+    model = load_checkpoint(run).model
+    with pytest.raises(ValueError, match=r"784 pixels.*got shape \(2, 27, 28\)"):
+        model.encode(torch.rand(2, 27, 28))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.encode(torch.full((1, 784), float("nan")))
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        model.encode(torch.full((1, 784), 2.0))
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="classes: expected at least one class label"):
+        TrainConfig(classes=())
+    with pytest.raises(ValueError, match="binarize: expected one of"):
+        TrainConfig(binarize="sometimes")
+    with pytest.raises(DataError, match="no such directory"):
+        load_data(TrainConfig(dataset="mnist", data_dir="/nonexistent/mnist"))
+
+
+def test_class_filter_and_binarization(data):
+    filtered = load_data(TrainConfig(**{**TINY, "classes": (3, 7)}))
+    assert set(filtered.train.y.tolist()) == {3, 7} and set(filtered.test.y.tolist()) == {3, 7}
+    static = load_data(TrainConfig(**{**TINY, "binarize": "static"}))
+    assert set(torch.unique(static.train.x).tolist()) <= {0.0, 1.0}
+    dynamic = load_data(TrainConfig(**{**TINY, "binarize": "dynamic"}))
+    assert len(torch.unique(dynamic.train.x)) > 2  # drawn afresh each pass
+    assert set(torch.unique(dynamic.test.x).tolist()) <= {0.0, 1.0}
+
+
+def test_cli_trains_and_reports_errors(tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    args = ["train", "--out", str(out), "--hidden", "16", "--epochs", "1", "--train-subset", "300",
+            "--eval-k", "5", "--calibration-k", "5", "--quiet"]
+    assert main(args) == 0
+    assert (out / MANIFEST).is_file()
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*args, "--skip-if-complete"]) == 0
+    assert main(["evaluate", str(out), "--k", "7"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["iwae"]["k"] == 7
+    load_checkpoint(out)  # the manifest was rewritten with the new hashes
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist is not beside the checkout")
+def test_real_mnist_from_a_data_directory():
+    bundle = load_data(TrainConfig(dataset="mnist", data_dir=str(SHARED_MNIST), classes=(3, 7)))
+    # COURSE.md: classes [3, 7] have 12,396 training and 2,038 test images.
+    assert len(bundle.train) + len(bundle.validation) == 12_396
+    assert len(bundle.test) == 2_038
+    assert bundle.train.x.shape[1:] == (1, 28, 28) and 0 <= bundle.train.x.min() and bundle.train.x.max() <= 1
