@@ -1,0 +1,141 @@
+# Images for vae-lab. One Dockerfile, three targets:
+#
+#   serve   the HTTP service (`vae serve`): core + `serve` extra, no torchvision, no matplotlib
+#   train   the training job (`vae train`): serve's layers + the `train` extra
+#   proxy   nginx, spreading requests over several `api` replicas (compose profile `proxy`)
+#
+# Stages, in the order the layers stack (later ones are rebuilt more often):
+#
+#   base ── torch ── serve-deps ─┬─ wheel        (builds the vae-lab wheel from the code)
+#                                ├─ serve        (serve-deps + the wheel)
+#                                └─ train-deps ── train (train-deps + the wheel)
+#
+# Dependencies are installed from pyproject.toml alone, before any code is copied, so editing
+# model/ or service/ rebuilds only the small wheel layers. The serve and train images share the
+# base, torch and serve-deps layers.
+#
+# Build arguments:
+#   BASE_IMAGE       an image with CPython 3.11 and `python3 -m venv` (default python:3.11-slim)
+#   TORCH_INDEX_URL  PyTorch's wheel index; .../whl/cpu keeps the images small, .../whl/cu128
+#                    (or another CUDA tag) gives CUDA wheels; empty means PyPI alone
+#   TORCH_VERSION    pin torch (default: the newest the index has)
+#   PIP_INDEX_URL    the index for everything else (default PyPI)
+# A `torch-*.whl` in docker/wheels/ is installed instead of asking TORCH_INDEX_URL.
+# A build secret `pip_cert` (a CA bundle) is trusted by pip during the build and stored nowhere.
+
+ARG BASE_IMAGE=python:3.11-slim
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=
+ARG PIP_INDEX_URL=https://pypi.org/simple
+
+FROM ${BASE_IMAGE} AS base
+SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    VAE_CACHE_DIR=/cache \
+    MPLCONFIGDIR=/tmp/matplotlib
+# /runs, /data and /cache are volume mount points: a fresh named volume copies their ownership,
+# so the unprivileged user can write to it.
+RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin vae \
+    && mkdir -p /runs /data /cache \
+    && chown vae:vae /runs /data /cache \
+    && python3 -m venv /opt/venv
+
+FROM base AS torch
+# Repeated from base (stages inherit it) for linters that read each stage alone.
+SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
+ARG TORCH_INDEX_URL
+ARG TORCH_VERSION
+ARG PIP_INDEX_URL
+# A local wheel wins (hosts that cannot reach PyTorch's index); otherwise PyTorch's index comes
+# first so its +cpu / +cuXXX build beats PyPI's default one. The resulting version is written to
+# a constraints file so that later installs (torchvision) can never swap torch for another build.
+RUN --mount=type=secret,id=pip_cert \
+    --mount=type=bind,source=docker/pip-install.sh,target=/usr/local/bin/pip-install \
+    --mount=type=bind,source=docker/wheels,target=/tmp/wheels \
+    wheel=$(find /tmp/wheels -name 'torch-*.whl' | sort | tail -n 1); \
+    if [ -n "$wheel" ]; then \
+        echo "installing torch from the local wheel $(basename "$wheel")"; \
+        pip-install "$wheel"; \
+    elif [ -n "$TORCH_INDEX_URL" ]; then \
+        pip-install --index-url "$TORCH_INDEX_URL" --extra-index-url "$PIP_INDEX_URL" \
+            "torch${TORCH_VERSION:+==$TORCH_VERSION}"; \
+    else \
+        pip-install "torch${TORCH_VERSION:+==$TORCH_VERSION}"; \
+    fi; \
+    python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' \
+        > /opt/venv/constraints.txt; \
+    cat /opt/venv/constraints.txt
+
+FROM torch AS serve-deps
+ARG PIP_INDEX_URL
+COPY pyproject.toml /tmp/build/pyproject.toml
+RUN --mount=type=secret,id=pip_cert \
+    --mount=type=bind,source=docker/pip-install.sh,target=/usr/local/bin/pip-install \
+    --mount=type=bind,source=docker/requirements.py,target=/tmp/build/requirements.py \
+    python /tmp/build/requirements.py /tmp/build/pyproject.toml serve > /tmp/build/serve.txt; \
+    pip-install -c /opt/venv/constraints.txt -r /tmp/build/serve.txt
+
+# torchvision has to be built for the same torch: PyTorch's index (or a wheel in docker/wheels/)
+# has the matching +cpu build, while PyPI's Linux torchvision wheels need CUDA torch.
+FROM serve-deps AS train-deps
+ARG TORCH_INDEX_URL
+ARG PIP_INDEX_URL
+RUN --mount=type=secret,id=pip_cert \
+    --mount=type=bind,source=docker/pip-install.sh,target=/usr/local/bin/pip-install \
+    --mount=type=bind,source=docker/requirements.py,target=/tmp/build/requirements.py \
+    --mount=type=bind,source=docker/wheels,target=/tmp/wheels \
+    python /tmp/build/requirements.py /tmp/build/pyproject.toml train > /tmp/build/train.txt; \
+    pip-install -c /opt/venv/constraints.txt --find-links /tmp/wheels \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /tmp/build/train.txt
+
+# The project itself, built once as a wheel; the runtime stages install it without a network.
+FROM serve-deps AS wheel
+ARG PIP_INDEX_URL
+RUN --mount=type=secret,id=pip_cert \
+    --mount=type=bind,source=docker/pip-install.sh,target=/usr/local/bin/pip-install \
+    pip-install "setuptools>=68" wheel
+WORKDIR /src
+# README.m[d]: copied when present (pyproject.toml names it as the readme), no error when not.
+COPY pyproject.toml README.m[d] ./
+COPY model/ model/
+COPY service/ service/
+RUN python -m pip wheel --no-deps --no-build-isolation --no-cache-dir --wheel-dir /dist .
+
+FROM serve-deps AS serve
+RUN --mount=type=bind,from=wheel,source=/dist,target=/tmp/dist \
+    python -m pip install --no-deps --no-index --no-cache-dir /tmp/dist/*.whl
+# Numeric, so that runtimes can check runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /home/vae
+EXPOSE 8000
+# Readiness, not liveness: healthy means a model is loaded and requests will be served.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=4)"]
+CMD ["vae", "serve", "--model-dir", "/runs", "--host", "0.0.0.0", "--port", "8000"]
+
+FROM train-deps AS train
+RUN --mount=type=bind,from=wheel,source=/dist,target=/tmp/dist \
+    python -m pip install --no-deps --no-index --no-cache-dir /tmp/dist/*.whl
+COPY docker/train-once.sh /usr/local/bin/vae-train-once
+# Numeric, so that runtimes can check runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /home/vae
+CMD ["vae-train-once"]
+
+FROM ${BASE_IMAGE} AS proxy
+SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
+# The distribution's nginx, whatever its version: the base image's release pins it.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10002 --user-group --no-create-home --shell /usr/sbin/nologin proxy-nginx
+COPY docker/nginx.conf /etc/nginx/vae-proxy.conf
+USER 10002:10002
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health/ready', timeout=4)"]
+CMD ["nginx", "-e", "stderr", "-c", "/etc/nginx/vae-proxy.conf", "-g", "daemon off;"]
