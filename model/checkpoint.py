@@ -9,6 +9,7 @@ A run directory holds:
     evaluation.json        test metrics
     classifier.safetensors the latent-feature classifier (exercise 2.4)
     calibration.json       anomaly-score quantiles on held-out normal data
+    background.safetensors the background model of the likelihood-ratio score, if fitted (model.anomaly)
     checkpoint.json        the manifest, written last: format, version, kind, SHA-256 of each file
 
 A run is complete when checkpoint.json exists; loading checks every listed file's hash.
@@ -41,7 +42,11 @@ METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 CLASSIFIER = "classifier.safetensors"
 CALIBRATION = "calibration.json"
-ARTEFACTS = (CONFIG, WEIGHTS, METRICS, EVALUATION, CLASSIFIER, CALIBRATION)
+BACKGROUND = "background.safetensors"
+# Companion models of the anomaly scores, by the name `Checkpoint.companions` uses: same kind and
+# config as the model, weights only.
+COMPANIONS = {"background": BACKGROUND}
+ARTEFACTS = (CONFIG, WEIGHTS, METRICS, EVALUATION, CLASSIFIER, CALIBRATION, BACKGROUND)
 
 
 class CheckpointError(Exception):
@@ -59,6 +64,7 @@ class Checkpoint:
     calibration: AnomalyCalibration | None
     evaluation: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
+    companions: dict[str, nn.Module] = field(default_factory=dict)  # e.g. {"background": VAE}
 
     @property
     def name(self) -> str:
@@ -72,6 +78,33 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 def save_weights(run_dir: Path, model: nn.Module) -> None:
     save_tensors(Path(run_dir) / WEIGHTS, model.state_dict(), {"format": FORMAT, "kind": model.kind})
+
+
+def save_companions(run_dir: Path, companions: dict[str, nn.Module]) -> None:
+    """Weights of the anomaly scores' companion models (see COMPANIONS)."""
+    unknown = sorted(set(companions) - set(COMPANIONS))
+    if unknown:
+        raise ValueError(f"unknown companion models {unknown}; expected some of {sorted(COMPANIONS)}")
+    for name, module in companions.items():
+        save_tensors(Path(run_dir) / COMPANIONS[name], module.state_dict(), {"format": FORMAT, "kind": module.kind})
+
+
+def load_companions(run_dir: Path, config: TrainConfig, device: str | torch.device = "cpu") -> dict[str, nn.Module]:
+    """The companion models a run directory holds, each built from the run's config, in eval mode."""
+    from model.data import INPUT_SHAPE
+
+    run_dir = Path(run_dir)
+    companions = {}
+    for name, filename in COMPANIONS.items():
+        if not (run_dir / filename).exists():
+            continue
+        module = build_model(config, INPUT_SHAPE)
+        try:
+            module.load_state_dict(_read_tensors(run_dir / filename))
+        except RuntimeError as error:
+            raise CheckpointError(f"{run_dir / filename}: weights do not fit the model in {CONFIG} ({error})") from error
+        companions[name] = module.to(device).eval()
+    return companions
 
 
 def write_manifest(run_dir: Path, config: TrainConfig, extra: dict | None = None) -> dict:
@@ -144,7 +177,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a complete run directory: model, config, classifier, calibration, evaluation.
+    """Load a complete run directory: model, config, classifier, calibration, evaluation, companions.
 
     Raises:
         CheckpointError: the directory is not a complete run, has an unknown format version,
@@ -167,7 +200,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{run_dir / CALIBRATION}: not a valid calibration ({error})") from error
     evaluation = _read_json(run_dir / EVALUATION) if (run_dir / EVALUATION).exists() else {}
-    return Checkpoint(run_dir, config, model, classifier, calibration, evaluation, manifest)
+    companions = load_companions(run_dir, config, device)
+    return Checkpoint(run_dir, config, model, classifier, calibration, evaluation, manifest, companions)
 
 
 def save_training_state(run_dir: Path, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:

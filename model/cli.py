@@ -16,7 +16,7 @@ from pathlib import Path
 from model.config import TrainConfig, add_config_arguments, config_overrides
 
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("model.bench", "model.plots", "model.sweep", "model.report", "model.demos")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -59,8 +59,19 @@ class TrainConfig:
     calibration_k: int = field(default=100, metadata=_opt(
         "importance samples for the anomaly score used in calibration"))
 
+    # --- anomaly-score companions (model.anomaly) ---
+    background_epochs: int = field(default=0, metadata=_opt(
+        "epochs of a background model on perturbed inputs for the likelihood-ratio score "
+        "(Ren et al. 2019); 0: none"))
+    perturb_rate: float = field(default=0.2, metadata=_opt(
+        "fraction of pixels the background model sees replaced by uniform noise"))
+
     def __post_init__(self):
         problems = []
+        if self.background_epochs < 0:
+            problems.append(f"background_epochs: expected >= 0, got {self.background_epochs}")
+        if not 0 < self.perturb_rate < 1:
+            problems.append(f"perturb_rate: expected a number in (0, 1), got {self.perturb_rate}")
         if self.classes is not None and len(self.classes) == 0:
             problems.append("classes: expected at least one class label, got an empty list")
         if self.classes is not None and any(not 0 <= c <= 9 for c in self.classes):

@@ -14,7 +14,7 @@ from model.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration, S
 from model.classifier import LinearSoftmaxClassifier, fit_logistic_regression
 from model.data import DataBundle, Split, eval_batches
 from model.objectives import iwae_bound
-from model.scores import DEFAULT_SCORE, score_batches
+from model.scores import available_scores, default_score, score_batches
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 CLASSIFIER_MAX_TRAIN = 10_000  # logistic regression on more images buys little accuracy for its time
@@ -87,15 +87,27 @@ def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[
     return latent, summary
 
 
-def calibrate(model: nn.Module, normal: Split, k: int) -> AnomalyCalibration:
-    """Quantiles of the default anomaly score (−L_K, nats) on held-out normal images."""
-    scores = score_batches(model, normal.x, DEFAULT_SCORE, k=k).numpy()
-    return AnomalyCalibration({DEFAULT_SCORE: ScoreCalibration.fit(DEFAULT_SCORE, scores, {"k": k})}, DEFAULT_SCORE)
+def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | None = None,
+              dataset: str | None = None) -> AnomalyCalibration:
+    """Quantiles of every anomaly score available to the model on held-out normal images.
+
+    The default is the benchmark's best available score for `dataset` (`model.scores.default_score`).
+    """
+    calibrations = {
+        name: ScoreCalibration.fit(
+            name, score_batches(model, normal.x, name, k=k, batch_size=100, companions=companions).numpy(), {"k": k})
+        for name in available_scores(model, companions)
+    }
+    return AnomalyCalibration(calibrations, default_score(dataset, list(calibrations)))
 
 
 def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, kl: str = "sampled",
-             seed: int = 0) -> tuple[dict, LinearSoftmaxClassifier | None, AnomalyCalibration]:
-    """Every number of evaluation.json, plus the classifier and calibration it reports on."""
+             seed: int = 0, companions: dict | None = None,
+             dataset: str | None = None) -> tuple[dict, LinearSoftmaxClassifier | None, AnomalyCalibration]:
+    """Every number of evaluation.json, plus the classifier and calibration it reports on.
+
+    `companions` (e.g. the background model) and `dataset` go to `calibrate`.
+    """
     started = time.perf_counter()
     model.eval()
     torch.manual_seed(seed)
@@ -111,7 +123,7 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
         for c in torch.unique(data.test.y.cpu())
     }
     classifier, classifier_summary = fit_classifiers(model, data, seed)
-    calibration = calibrate(model, data.validation, calibration_k)
+    calibration = calibrate(model, data.validation, calibration_k, companions=companions, dataset=dataset)
     default = calibration.scores[calibration.default]
     evaluation = {
         "test": {**test, "images": len(data.test)},

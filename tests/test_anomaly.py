@@ -1,0 +1,151 @@
+"""Anomaly scores: each on a case where its answer is known; the quick benchmark beats chance."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from model.anomaly import (BACKGROUND, complexity_bits, fit_companions, fit_model, input_complexity,
+                           likelihood_ratio, likelihood_regret, perturb)
+from model.bench import QUICK, auroc, run
+from model.calibration import AnomalyCalibration
+from model.checkpoint import load_companions, save_companions
+from model.config import TrainConfig
+from model.data import filter_classes, load_raw
+from model.evaluate import calibrate
+from model.noise import Noise
+from model.scores import SCORES, available_scores, default_score, negative_iwae
+
+TINY = TrainConfig(latent_features=2, hidden=(32,), epochs=3, batch_size=64, kl="analytic", seed=0)
+
+
+class ZeroNoise(Noise):
+    """eps = 0: every posterior sample is the posterior mean, so bounds become deterministic."""
+
+    def normal(self, sample_shape, batch_size, event_shape, *, device, dtype=torch.float32):
+        return torch.zeros((*sample_shape, batch_size, *event_shape), device=device, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Embedded digits: training images of class 0, test images of classes 0 and 1."""
+    train, test = load_raw("embedded", None)
+    return filter_classes(train, [0]).x, filter_classes(test, [0, 1])
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    return fit_model(TINY, digits[0], epochs=3)
+
+
+def test_complexity_bits_rank_noise_above_a_blank_image():
+    blank = torch.zeros(1, 1, 28, 28)
+    noise = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    bits = complexity_bits(torch.cat([blank, noise]))
+    assert bits[0] < 8 * 50  # 784 equal bytes: a few back-references
+    assert bits[1] >= 8 * 784  # uniform bytes are incompressible: at least 8 bits per pixel
+    with pytest.raises(ValueError, match="expected a batch of images"):
+        complexity_bits(torch.zeros(784))
+
+
+def test_input_complexity_is_the_nll_minus_the_code_length_in_nats(trained, digits):
+    x = digits[1].x[:8]
+    expected = negative_iwae(trained, x, k=1, noise=ZeroNoise()) - math.log(2) * complexity_bits(x)
+    torch.testing.assert_close(input_complexity(trained, x, k=1, noise=ZeroNoise()), expected)
+
+
+def test_likelihood_ratio_against_itself_is_zero_and_needs_its_background(trained, digits):
+    x = digits[1].x[:8]
+    ratio = likelihood_ratio(trained, x, k=1, noise=ZeroNoise(), companions={BACKGROUND: trained})
+    torch.testing.assert_close(ratio, torch.zeros(8))
+    with pytest.raises(ValueError, match="needs the companion model 'background'"):
+        likelihood_ratio(trained, x, k=1)
+
+
+def test_perturb_replaces_the_asked_fraction_of_pixels():
+    torch.manual_seed(0)
+    x = torch.full((200, 1, 28, 28), 2.0)  # outside [0, 1]: every replaced pixel is visible
+    assert torch.equal(perturb(x, 0.0), x)
+    assert (perturb(x, 1.0) <= 1.0).all()
+    changed = (perturb(x, 0.3) != x).float().mean().item()
+    assert abs(changed - 0.3) < 0.01, changed
+    with pytest.raises(ValueError, match="expected a probability"):
+        perturb(x, 1.5)
+
+
+def test_likelihood_regret_is_nonnegative_zero_without_steps_and_leaves_the_model_alone(trained, digits):
+    x = digits[1].x[:16]
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    torch.manual_seed(0)
+    regret = likelihood_regret(trained, x, steps=10)
+    assert regret.shape == (16,) and (regret >= 0).all() and regret.sum() > 0
+    assert torch.equal(likelihood_regret(trained, x, steps=0), torch.zeros(16))
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    assert all(p.grad is None for p in trained.parameters())
+
+
+def test_likelihood_regret_is_larger_where_the_encoder_is_poor(trained, digits):
+    """A broken encoder (posterior N(0, I) for every image) leaves more to gain than a trained one."""
+    broken = fit_model(TINY, digits[0], epochs=3)
+    with torch.no_grad():
+        broken.encoder[-1].weight.zero_()
+        broken.encoder[-1].bias.zero_()
+    x = digits[1].x[:32]
+    torch.manual_seed(0)
+    assert likelihood_regret(broken, x).mean() > 1.5 * likelihood_regret(trained, x).mean()
+
+
+def test_every_score_has_the_common_signature(trained, digits):
+    x = digits[1].x[:4]
+    companions = {BACKGROUND: trained}
+    for name, fn in SCORES.items():
+        values = fn(trained, x, k=2, noise=None, companions=companions)
+        assert values.shape == (4,) and torch.isfinite(values).all(), name
+
+
+def test_available_scores_follow_companions_and_the_default_follows_the_benchmark(trained):
+    without = available_scores(trained)
+    assert "likelihood_ratio" not in without and "complexity" in without
+    assert "likelihood_ratio" in available_scores(trained, {BACKGROUND: trained})
+    assert default_score(None, without) == "iwae"
+    with pytest.raises(ValueError, match="none of the preferred scores"):
+        default_score("mnist", ["elbo"])
+
+
+def test_calibrate_fits_every_available_score(trained, digits):
+    calibration = calibrate(trained, digits[1], k=2, companions={BACKGROUND: trained}, dataset="mnist")
+    assert set(calibration.scores) == set(SCORES)
+    assert calibration.default == default_score("mnist", list(SCORES))
+    assert AnomalyCalibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_background_companion_is_fitted_saved_and_loaded(tmp_path, digits):
+    assert fit_companions(TINY, digits[0]) == {}
+    config = TINY.replace(background_epochs=1)
+    companions = fit_companions(config, digits[0])
+    save_companions(tmp_path, companions)
+    loaded = load_companions(tmp_path, config)
+    assert set(loaded) == {BACKGROUND}
+    for key, value in companions[BACKGROUND].state_dict().items():
+        assert torch.equal(loaded[BACKGROUND].state_dict()[key], value)
+    with pytest.raises(ValueError, match="unknown companion models"):
+        save_companions(tmp_path, {"foreground": companions[BACKGROUND]})
+
+
+def test_auroc_known_values():
+    assert auroc([0.0, 1.0, 2.0, 3.0], [False, False, True, True]) == 1.0
+    assert auroc([3.0, 2.0, 1.0, 0.0], [False, False, True, True]) == 0.0
+    assert auroc([1.0, 1.0, 1.0, 1.0], [False, True, False, True]) == 0.5
+
+
+def test_quick_benchmark_runs_and_beats_chance(tmp_path):
+    config = replace(QUICK, classes=(0,), epochs=5, test_subset=300)
+    report = run(config, tmp_path / "anomaly.json", log=lambda _: None)
+    assert (tmp_path / "anomaly.json").is_file() and (tmp_path / "anomaly.md").is_file()
+    result = report["results"][0]
+    assert set(result["auroc"]) == set(config.scores)
+    assert result["auroc"]["iwae"] > 0.9, result["auroc"]
+    assert report["summary"]["oneclass-embedded"]["mean_auroc"]["iwae"] == result["auroc"]["iwae"]
