@@ -58,6 +58,26 @@ class TrainConfig:
     eval_k: int = field(default=1000, metadata=_opt("importance samples for the test IWAE estimate"))
     calibration_k: int = field(default=100, metadata=_opt(
         "importance samples for the anomaly score used in calibration"))
+    # --- --kind categorical (Gumbel-softmax latent; model.categorical) ---
+    categorical_variables: int = field(default=20, metadata=_opt(
+        "categorical latent variables (--kind categorical)"))
+    categories: int = field(default=10, metadata=_opt("categories of each categorical variable"))
+    gaussian_features: int = field(default=0, metadata=_opt(
+        "Gaussian latent units beside the categorical ones (--kind categorical; 0: none)"))
+    temperature: float = field(default=1.0, metadata=_opt(
+        "Gumbel-softmax temperature at step 0; tau(step) = max(temperature-min, temperature * exp(-rate * step))"))
+    temperature_min: float = field(default=0.5, metadata=_opt("floor of the annealed temperature"))
+    temperature_rate: float = field(default=3e-5, metadata=_opt(
+        "exponential decay rate of the temperature per training step (0: constant)"))
+    straight_through: bool = field(default=False, metadata=_opt(
+        "train with straight-through one-hot samples (gradients through the relaxed ones)"))
+    # --- --kind m2 (semi-supervised; model.m2) ---
+    labels: int | None = field(default=None, metadata=_opt(
+        "keep this many training labels, balanced across classes and chosen with the seed; "
+        "the rest become unlabelled (default: all labelled)"))
+    alpha: float = field(default=50.0, metadata=_opt(
+        "weight of -log q(y|x) per labelled example against one example's bound "
+        "(Kingma et al. 2014, eq. 9: their alpha = 0.1 N is 0.1 N / labels per labelled example)"))
 
     # --- anomaly-score companions (model.anomaly) ---
     background_epochs: int = field(default=0, metadata=_opt(
@@ -89,6 +109,22 @@ class TrainConfig:
             problems.append(f"beta: expected >= 0, got {self.beta}")
         if self.lr <= 0:
             problems.append(f"lr: expected > 0, got {self.lr}")
+        if self.categorical_variables < 0 or self.gaussian_features < 0:
+            problems.append("categorical_variables, gaussian_features: expected >= 0, got "
+                            f"{self.categorical_variables}, {self.gaussian_features}")
+        if self.kind == "categorical" and self.categorical_variables < 1:
+            problems.append(f"categorical_variables: --kind categorical needs >= 1, got {self.categorical_variables}")
+        if self.categories < 2:
+            problems.append(f"categories: expected >= 2, got {self.categories}")
+        if not 0 < self.temperature_min <= self.temperature:
+            problems.append("temperature, temperature_min: expected 0 < temperature_min <= temperature, got "
+                            f"{self.temperature}, {self.temperature_min}")
+        if self.temperature_rate < 0:
+            problems.append(f"temperature_rate: expected >= 0, got {self.temperature_rate}")
+        if self.labels is not None and self.labels < 1:
+            problems.append(f"labels: expected >= 1 (or omitted for all), got {self.labels}")
+        if self.alpha < 0:
+            problems.append(f"alpha: expected >= 0, got {self.alpha}")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -134,6 +170,14 @@ def _base_type(hint):
     return hint, False, optional
 
 
+def _parse_bool(text: str) -> bool:
+    """`--straight-through true`: argparse's `type=bool` would read "false" as True."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
     """Add one flag per TrainConfig field (`latent_features` → `--latent-features`).
 
@@ -147,7 +191,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
         default = getattr(defaults, f.name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=element, default=None,
+            "--" + f.name.replace("_", "-"), dest=f.name, type=_parse_bool if element is bool else element,
+            default=None,
             nargs="+" if is_seq else None, choices=f.metadata.get("choices"),
             help=f"{f.metadata.get('help', '')} (default: {shown})",
         )

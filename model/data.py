@@ -22,6 +22,8 @@ BINARIZE_MODES = ("none", "dynamic", "static")
 # chosen with this seed whatever the run's seed) are the test set.
 EMBEDDED_TEST_SIZE = 1000
 EMBEDDED_SPLIT_SEED = 20201
+UNLABELLED = -1  # the label of a training image whose label `--labels N` hides
+LABEL_SEED_OFFSET = 2  # the labelled subset is drawn with seed + 2 (seed + 1 draws binarization)
 
 
 class DataError(ValueError):
@@ -158,6 +160,8 @@ def load_data(config) -> DataBundle:
     if config.train_subset is not None:
         rest = rest[: config.train_subset]
     train = Split(train.x[rest], train.y[rest])
+    if config.labels is not None:
+        train = hide_labels(train, config.labels, config.seed + LABEL_SEED_OFFSET)
     if config.binarize not in BINARIZE_MODES:
         raise DataError(f"unknown binarization {config.binarize!r}; expected one of {list(BINARIZE_MODES)}")
     if config.binarize != "none":
@@ -167,6 +171,36 @@ def load_data(config) -> DataBundle:
         if config.binarize == "static":
             train = Split(torch.bernoulli(train.x, generator=draw), train.y)
     return DataBundle(train, validation, test, config.binarize)
+
+
+def hide_labels(split: Split, n_labels: int, seed: int) -> Split:
+    """Keep `n_labels` labels, balanced across the classes present, and mark the rest `UNLABELLED`.
+
+    Each class keeps n_labels // C labels (the first n_labels % C classes in label order one
+    more), drawn uniformly with `seed`, so the same seed always picks the same images.
+    """
+    classes = torch.unique(split.y).tolist()
+    per_class = [n_labels // len(classes) + (i < n_labels % len(classes)) for i in range(len(classes))]
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for c, n in zip(classes, per_class):
+        idx = torch.nonzero(split.y == c).flatten()
+        if n > len(idx):
+            raise DataError(
+                f"--labels {n_labels}: expected at least {n} training images of class {c} "
+                f"to keep balanced labels, got {len(idx)}"
+            )
+        keep.append(idx[torch.randperm(len(idx), generator=generator)[:n]])
+    y = torch.full_like(split.y, UNLABELLED)
+    keep = torch.cat(keep)
+    y[keep] = split.y[keep]
+    return Split(split.x, y)
+
+
+def labelled(split: Split) -> Split:
+    """The images of a split whose label is known."""
+    known = split.y != UNLABELLED
+    return Split(split.x[known], split.y[known])
 
 
 def training_batches(split: Split, batch_size: int, binarize: str = "none"):

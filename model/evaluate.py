@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from model.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration, ScoreCalibration
 from model.classifier import LinearSoftmaxClassifier, fit_logistic_regression
-from model.data import DataBundle, Split, eval_batches
+from model.data import DataBundle, Split, eval_batches, labelled
+from model.kinds import get_kind
 from model.objectives import iwae_bound
 from model.scores import available_scores, default_score, score_batches
 
@@ -69,8 +70,11 @@ def reconstruction_errors(model: nn.Module, split: Split, batch_size: int = 1000
 
 
 def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[LinearSoftmaxClassifier, dict]:
-    """Exercise 2.4: logistic regression on encoder means, next to the same on raw pixels."""
-    train = data.train
+    """Exercise 2.4: logistic regression on encoder means, next to the same on raw pixels.
+
+    Only training images with a known label are used (all of them unless `--labels N` hid some).
+    """
+    train = labelled(data.train)
     if len(train) > CLASSIFIER_MAX_TRAIN:
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:CLASSIFIER_MAX_TRAIN]
         train = Split(train.x[pick.to(train.x.device)], train.y[pick.to(train.y.device)])
@@ -123,6 +127,7 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
         for c in torch.unique(data.test.y.cpu())
     }
     classifier, classifier_summary = fit_classifiers(model, data, seed)
+    kind_evaluation = get_kind(model.kind).evaluate  # numbers only this kind has (e.g. M2's own error)
     calibration = calibrate(model, data.validation, calibration_k, companions=companions, dataset=dataset)
     default = calibration.scores[calibration.default]
     evaluation = {
@@ -136,6 +141,7 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
                         "false_positive_rate": DEFAULT_FALSE_POSITIVE_RATE,
                         "threshold": default.threshold(DEFAULT_FALSE_POSITIVE_RATE)},
         "binarize": data.binarize,
+        **({"kind": kind_evaluation(model, data)} if kind_evaluation is not None else {}),
         "seconds": round(time.perf_counter() - started, 2),
     }
     return evaluation, classifier, calibration

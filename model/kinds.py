@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from model.categorical import CategoricalObjective, CategoricalVAE
 from model.config import TrainConfig
+from model.m2 import M2Objective, SemiSupervisedVAE, evaluate_m2
 from model.objectives import ImportanceWeightedObjective, VariationalInference
 from model.schedules import Progress, linear_warmup
 from model.vae import VariationalAutoencoder
@@ -41,14 +43,28 @@ class GaussianObjective:
 class Kind:
     build: Callable[[TrainConfig, tuple[int, ...]], nn.Module]
     objective: Callable[[TrainConfig], Callable]
+    # Numbers only this kind has, added to evaluation.json under "kind": (model, DataBundle) -> dict.
+    evaluate: Callable[[nn.Module, object], dict] | None = None
 
 
 def _build_gaussian(config: TrainConfig, input_shape) -> nn.Module:
     return VariationalAutoencoder(input_shape, config.latent_features, config.hidden, config.activation)
 
 
+def _build_categorical(config: TrainConfig, input_shape) -> nn.Module:
+    return CategoricalVAE(input_shape, config.categorical_variables, config.categories, config.gaussian_features,
+                          config.hidden, config.activation)
+
+
+def _build_m2(config: TrainConfig, input_shape) -> nn.Module:
+    classes = sorted(config.classes) if config.classes is not None else range(10)
+    return SemiSupervisedVAE(input_shape, config.latent_features, classes, config.hidden, config.activation)
+
+
 KINDS: dict[str, Kind] = {
     "gaussian": Kind(build=_build_gaussian, objective=GaussianObjective),
+    "categorical": Kind(build=_build_categorical, objective=CategoricalObjective),
+    "m2": Kind(build=_build_m2, objective=M2Objective, evaluate=evaluate_m2),
 }
 
 

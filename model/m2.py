@@ -1,0 +1,337 @@
+"""The semi-supervised VAE "M2" of Kingma et al. (2014): a class y and a Gaussian style z.
+
+Labelled images contribute the bound L(x, y) on log p(x, y); unlabelled ones the bound U(x) on
+log p(x), which sums L(x, y) over the classes weighted by q(y|x) (eq. 7); labelled ones also the
+α-weighted classification loss −log q(y|x) (eq. 9). q(y|x) is the classifier the model serves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Categorical, kl_divergence
+
+from model.categorical import gumbel_noise
+from model.data import UNLABELLED, DataBundle, eval_batches, labelled
+from model.distributions import ReparameterizedDiagonalGaussian
+from model.networks import activation as make_activation
+from model.networks import mlp
+from model.noise import GLOBAL_NOISE, Noise
+from model.objectives import ElboTerms, reduce_to
+from model.schedules import Progress
+from model.vae import LOG_SIGMA_BOUND, check_images
+
+KL_MODES = ("sampled", "analytic")
+
+
+@dataclass(frozen=True)
+class LabelledTerms:
+    """Terms of the labelled bound L(x, y) ≤ log p(x, y) (Kingma et al. 2014, eq. 6), each of shape (..., B)."""
+
+    log_px: Tensor  # log p(x|y, z), one z ~ q(z|x, y)
+    log_py: Tensor  # log p(y)
+    kl: Tensor  # KL(q(z|x, y) || p(z)), sampled or analytic
+
+    @property
+    def bound(self) -> Tensor:
+        return self.log_px + self.log_py - self.kl
+
+
+class SemiSupervisedVAE(nn.Module):
+    """M2: a generative model of images and their classes that learns from few labels.
+
+    Generative model:  y ~ p(y) = Cat(1/C),  z ~ p(z) = N(0, I),
+                       x | y, z ~ Bernoulli(sigmoid(decoder([z, onehot(y)]))).
+    Variational family: q(y|x) = Cat(softmax(classifier(x))),
+                        q(z|x, y) = N(mu(x, y), diag sigma(x, y)²).
+
+    Classes are the dataset's labels listed in `classes`; methods take and return labels, never
+    indices, except where a docstring says so.
+
+    Args:
+        input_shape: shape of one image, e.g. (1, 28, 28).
+        latent_features: D, the Gaussian style units.
+        classes: the class labels, e.g. range(10).
+        hidden, activation: hidden widths of the encoders and classifier (the decoder mirrors them).
+    """
+
+    kind: ClassVar[str] = "m2"
+    operations: ClassVar[frozenset[str]] = frozenset(
+        {"encode", "decode", "sample", "reconstruct", "elbo", "iwae", "classify", "anomaly"}
+    )
+
+    def __init__(self, input_shape: Sequence[int], latent_features: int, classes: Sequence[int] = tuple(range(10)),
+                 hidden: Sequence[int] = (256, 128), activation: str = "relu"):
+        super().__init__()
+        classes = [int(c) for c in classes]
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ValueError(f"expected at least two distinct class labels, got {classes}")
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.latent_features = int(latent_features)
+        self.num_classes = len(classes)
+        self.observation_features = math.prod(self.input_shape)
+        hidden = tuple(hidden)
+        self.classifier = mlp(self.observation_features, hidden, self.num_classes, activation)
+        # q(z|x, y): the first layer of an MLP on [x, onehot(y)] is W_x x + W_y onehot(y); computing
+        # W_x x once per image and adding a column of W_y per class makes summing over classes cheap.
+        self.encoder_x = nn.Linear(self.observation_features, hidden[0])
+        self.encoder_y = nn.Linear(self.num_classes, hidden[0], bias=False)
+        self.encoder_head = nn.Sequential(make_activation(activation),
+                                          mlp(hidden[0], hidden[1:], 2 * self.latent_features, activation))
+        self.decoder = mlp(self.latent_features + self.num_classes, tuple(reversed(hidden)),
+                           self.observation_features, activation)
+        self.register_buffer("class_labels", torch.tensor(classes, dtype=torch.long))
+        self.register_buffer("prior_y_logits", torch.zeros(self.num_classes))
+        self.register_buffer("prior_params", torch.zeros(1, 2 * self.latent_features))
+
+    # --- labels -------------------------------------------------------------------------------
+
+    def class_index(self, y: Tensor | int) -> Tensor:
+        """Indices into `class_labels` of labels `y`, or an error naming the labels the model knows."""
+        y = torch.as_tensor(y, device=self.class_labels.device).long()
+        match = y.unsqueeze(-1) == self.class_labels  # (..., C)
+        if not bool(match.any(-1).all()):
+            unknown = sorted(set(y[~match.any(-1)].tolist()))
+            raise ValueError(f"expected class labels in {self.class_labels.tolist()}, got {unknown}")
+        return match.float().argmax(-1)
+
+    def _one_hot(self, index: Tensor) -> Tensor:
+        return F.one_hot(index, self.num_classes).to(self.prior_params.dtype)
+
+    # --- distributions ------------------------------------------------------------------------
+
+    def qy(self, x: Tensor) -> Categorical:
+        """q(y|x) over class indices, batch shape (B,)."""
+        return Categorical(logits=self.classifier(x.reshape(x.shape[0], -1)))
+
+    def py(self) -> Categorical:
+        """p(y) = Cat(1/C) over class indices."""
+        return Categorical(logits=self.prior_y_logits)
+
+    def posterior(self, x: Tensor, y_one_hot: Tensor) -> ReparameterizedDiagonalGaussian:
+        """q(z|x, y) for x (B, ...) and classes one-hot (..., B, C): batch shape (..., B, D)."""
+        h = self.encoder_x(x.reshape(x.shape[0], -1)) + self.encoder_y(y_one_hot)  # (..., B, H)
+        mu, log_sigma = self.encoder_head(h).chunk(2, dim=-1)
+        log_sigma = LOG_SIGMA_BOUND * torch.tanh(log_sigma / LOG_SIGMA_BOUND)
+        return ReparameterizedDiagonalGaussian(mu, log_sigma)
+
+    def prior(self, shape: Sequence[int]) -> ReparameterizedDiagonalGaussian:
+        """p(z) = N(0, I), batch shape (*shape, D)."""
+        mu, log_sigma = self.prior_params.reshape(-1).chunk(2)
+        return ReparameterizedDiagonalGaussian(mu.expand(*shape, -1), log_sigma.expand(*shape, -1))
+
+    def observation_model(self, z: Tensor, y_one_hot: Tensor) -> Bernoulli:
+        """p(x|y, z) for z (..., D) and y one-hot (..., C): batch shape (..., *input_shape)."""
+        px_logits = self.decoder(torch.cat([z, y_one_hot], -1)).reshape(*z.shape[:-1], *self.input_shape)
+        # Grey levels in [0, 1] are soft targets, outside Bernoulli's support: skip validation.
+        return Bernoulli(logits=px_logits, validate_args=False)
+
+    @staticmethod
+    def _rsample(q: ReparameterizedDiagonalGaussian, noise: Noise) -> Tensor:
+        """One sample per batch entry of q (batch (*S, B, D)), noise rows on axis −2 (the images)."""
+        *sample_shape, batch, features = q.mu.shape
+        eps = noise.normal(tuple(sample_shape), batch, (features,), device=q.mu.device, dtype=q.mu.dtype)
+        return q.rsample(eps=eps)
+
+    def _sample_index(self, logits: Tensor, sample_shape: Sequence[int], noise: Noise) -> Tensor:
+        """Class indices (*sample_shape, B) from Categorical(logits (B, C)), by the Gumbel-max trick."""
+        return (logits + gumbel_noise(logits, sample_shape, noise)).argmax(-1)
+
+    # --- objectives ---------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, noise: Noise | None = None) -> dict:
+        """Every class at once: `{"qy", "py", "qz", "pz", "z", "px"}`, z and px with batch (C, B, ...)."""
+        noise = noise or GLOBAL_NOISE
+        index = torch.arange(self.num_classes, device=x.device).unsqueeze(1).expand(-1, x.shape[0])  # (C, B)
+        y_one_hot = self._one_hot(index)
+        qz = self.posterior(x, y_one_hot)
+        z = self._rsample(qz, noise)
+        return {"qy": self.qy(x), "py": self.py(), "qz": qz, "pz": self.prior(z.shape[:-1]), "z": z,
+                "px": self.observation_model(z, y_one_hot)}
+
+    def labelled_terms(self, x: Tensor, index: Tensor, kl: str = "sampled",
+                       noise: Noise | None = None) -> LabelledTerms:
+        """L(x, y) terms for class indices `index` of shape (..., B) (e.g. (C, B): every class), one z each."""
+        if kl not in KL_MODES:
+            raise ValueError(f"unknown KL mode {kl!r}; expected one of {list(KL_MODES)}")
+        noise = noise or GLOBAL_NOISE
+        y_one_hot = self._one_hot(index)  # (..., B, C)
+        qz = self.posterior(x, y_one_hot)
+        z = self._rsample(qz, noise)  # (..., B, D)
+        pz = self.prior(z.shape[:-1])
+        px = self.observation_model(z, y_one_hot)
+        n = index.dim()
+        log_px = reduce_to(px.log_prob(x.expand(*index.shape[:-1], *x.shape)), n)
+        if kl == "analytic":
+            kl_z = reduce_to(kl_divergence(qz, pz), n)
+        else:
+            kl_z = reduce_to(qz.log_prob(z) - pz.log_prob(z), n)
+        return LabelledTerms(log_px=log_px, log_py=self.py().log_prob(index), kl=kl_z)
+
+    def unlabelled_terms(self, x: Tensor, kl: str = "sampled", noise: Noise | None = None,
+                         qy: Categorical | None = None) -> ElboTerms:
+        """U(x) = Σ_y q(y|x) L(x, y) + H(q(y|x)) ≤ log p(x) (Kingma et al. 2014, eq. 7), as ElboTerms.
+
+        log_px = Σ_y q(y|x) log p(x|y, z_y); kl = Σ_y q(y|x) KL_z(y) + KL(q(y|x) || p(y)), so that
+        log_px − kl = U(x).
+        """
+        qy = qy or self.qy(x)
+        index = torch.arange(self.num_classes, device=x.device).unsqueeze(1).expand(-1, x.shape[0])
+        terms = self.labelled_terms(x, index, kl, noise)  # each (C, B)
+        probs = qy.probs.T  # (C, B)
+        kl_y = kl_divergence(qy, Categorical(logits=self.prior_y_logits.expand(x.shape[0], -1)))
+        return ElboTerms(log_px=(probs * terms.log_px).sum(0), kl=(probs * terms.kl).sum(0) + kl_y)
+
+    def elbo_terms(self, x: Tensor, kl: str = "sampled", noise: Noise | None = None) -> ElboTerms:
+        """The bound on log p(x) of an image whose class is unknown, U(x), per example."""
+        x = check_images(x, self.input_shape)
+        return self.unlabelled_terms(x, kl, noise)
+
+    # --- the service's face -------------------------------------------------------------------
+
+    def log_weights(self, x: Tensor, num_samples: int, noise: Noise | None = None) -> Tensor:
+        """log w_k = log p(x|y_k, z_k) + log p(y_k) + log p(z_k) − log q(y_k|x) − log q(z_k|x, y_k),
+        y_k ~ q(y|x), z_k ~ q(z|x, y_k): shape (K, B)."""
+        noise = noise or GLOBAL_NOISE
+        x = check_images(x, self.input_shape)
+        qy = self.qy(x)
+        index = self._sample_index(qy.logits, (num_samples,), noise)  # (K, B)
+        y_one_hot = self._one_hot(index)
+        qz = self.posterior(x, y_one_hot)  # batch (K, B, D)
+        z = self._rsample(qz, noise)
+        px = self.observation_model(z, y_one_hot)
+        log_px = reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)
+        log_pz = reduce_to(self.prior(z.shape[:-1]).log_prob(z), 2)
+        log_qz = reduce_to(qz.log_prob(z), 2)
+        return log_px + self.py().log_prob(index) + log_pz - qy.log_prob(index) - log_qz
+
+    def classify(self, x: Tensor) -> Tensor:
+        """q(y|x): class probabilities (B, C), columns in the order of `class_labels`."""
+        return self.qy(check_images(x, self.input_shape)).probs
+
+    def _encode(self, x: Tensor) -> tuple[Categorical, Tensor, ReparameterizedDiagonalGaussian]:
+        """q(y|x), its most probable class index ŷ (B,), and q(z|x, ŷ)."""
+        x = check_images(x, self.input_shape)
+        qy = self.qy(x)
+        index = qy.probs.argmax(-1)
+        return qy, index, self.posterior(x, self._one_hot(index))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Deterministic features: q(y|x) (C) then the mean of q(z|x, ŷ) (D), shape (B, C + D)."""
+        qy, _, qz = self._encode(x)
+        return torch.cat([qy.probs, qz.mu], -1)
+
+    def encode(self, x: Tensor, num_samples: int = 0, noise: Noise | None = None) -> dict[str, Tensor]:
+        """Class `probs` q(y|x) (B, C), the most probable label `y` (B,), `mu`, `sigma` of q(z|x, y) (B, D)
+        and, if asked, `z` samples of it (num_samples, B, D)."""
+        qy, index, qz = self._encode(x)
+        out = {"probs": qy.probs, "y": self.class_labels[index], "mu": qz.mu, "sigma": qz.sigma}
+        if num_samples > 0:
+            noise = noise or GLOBAL_NOISE
+            eps = noise.normal((num_samples,), qz.mu.shape[0], qz.mu.shape[1:], device=qz.mu.device,
+                               dtype=qz.mu.dtype)
+            out["z"] = qz.rsample(eps=eps)
+        return out
+
+    def decode(self, z: Tensor, y: Tensor | int | None = None) -> Tensor:
+        """Bernoulli means p(x|y, z) per pixel (N, *input_shape) for styles z (N, D) and labels y (N,) or one label."""
+        if z.dim() != 2 or z.shape[1] != self.latent_features:
+            raise ValueError(f"expected latents of shape (N, {self.latent_features}), got {tuple(z.shape)}")
+        if y is None:
+            raise ValueError(f"m2 decodes a style z together with a class: pass y, labels in {self.class_labels.tolist()}")
+        index = self.class_index(y)
+        if index.dim() == 0:
+            index = index.expand(z.shape[0])
+        if index.shape != (z.shape[0],):
+            raise ValueError(f"expected one label or {z.shape[0]} labels (one per latent), got shape {tuple(index.shape)}")
+        return self.observation_model(z, self._one_hot(index)).probs
+
+    def sample(self, n: int, noise: Noise | None = None, y: Tensor | int | None = None) -> dict[str, Tensor]:
+        """n samples: styles `z` (n, D) ~ p(z), labels `y` (n,) (given, or drawn from p(y)), decoded `probs`."""
+        noise = noise or GLOBAL_NOISE
+        if y is None:
+            index = self._sample_index(self.prior_y_logits.expand(n, -1), (), noise)
+        else:
+            index = self.class_index(y)
+            index = index.expand(n) if index.dim() == 0 else index
+            if index.shape != (n,):
+                raise ValueError(f"expected one label or {n} labels, got shape {tuple(index.shape)}")
+        z = self._rsample(self.prior((n,)), noise)
+        return {"z": z, "y": self.class_labels[index], "probs": self.observation_model(z, self._one_hot(index)).probs}
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoder means at the most probable class and the mean of q(z|x, ŷ): (B, *input_shape)."""
+        _, index, qz = self._encode(x)
+        return self.observation_model(qz.mu, self._one_hot(index)).probs
+
+    def describe(self) -> dict:
+        """The latent layout, for the service's model description."""
+        return {"type": "m2", "latent_features": self.latent_features, "classes": self.class_labels.tolist(),
+                "encode_outputs": ["probs", "y", "mu", "sigma"], "decode_inputs": ["z", "y"],
+                "classify": "q(y|x)"}
+
+
+class M2Objective:
+    """Kingma et al. (2014), eq. 9, per batch: labelled images give −L(x, y) + α·(−log q(y|x)),
+    unlabelled ones (label `model.data.UNLABELLED`) give −U(x); the loss is the batch mean."""
+
+    def __init__(self, config):
+        if config.objective != "elbo":
+            raise ValueError(f"objective: --kind m2 trains with 'elbo' (eq. 9), got {config.objective!r}")
+        self.alpha = config.alpha
+        self.kl = config.kl
+
+    def schedule(self, progress: Progress) -> dict[str, float]:
+        return {"alpha": self.alpha}
+
+    def __call__(self, model: SemiSupervisedVAE, x: Tensor, y: Tensor, progress: Progress):
+        return m2_loss(model, x, y, self.alpha, self.kl)
+
+
+def m2_loss(model: SemiSupervisedVAE, x: Tensor, y: Tensor, alpha: float, kl: str = "sampled",
+            noise: Noise | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The M2 loss of a batch with labels `y` (B,), `UNLABELLED` where unknown, and per-example diagnostics.
+
+    Diagnostics: `elbo` (L(x, y) for labelled images, U(x) for the rest), `log_px`, `kl` (with
+    elbo = log_px − kl), `labelled` (1 or 0) and `cross_entropy` (−log q(y|x), 0 if unlabelled).
+    """
+    x = check_images(x, model.input_shape)
+    known = y != UNLABELLED
+    qy = model.qy(x)
+    elbo, log_px, kl_term = (torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) for _ in range(3))
+    cross_entropy = torch.zeros_like(elbo)
+    if known.any():
+        index = model.class_index(y[known])
+        terms = model.labelled_terms(x[known], index, kl, noise)
+        elbo[known] = terms.bound
+        log_px[known] = terms.log_px
+        kl_term[known] = terms.kl - terms.log_py
+        cross_entropy[known] = -Categorical(logits=qy.logits[known]).log_prob(index)
+    if (~known).any():
+        terms_u = model.unlabelled_terms(x[~known], kl, noise, Categorical(logits=qy.logits[~known]))
+        elbo[~known] = terms_u.elbo
+        log_px[~known] = terms_u.log_px
+        kl_term[~known] = terms_u.kl
+    loss = (-elbo + alpha * cross_entropy).mean()
+    with torch.no_grad():
+        diagnostics = {"elbo": elbo.detach(), "log_px": log_px.detach(), "kl": kl_term.detach(),
+                       "labelled": known.to(x.dtype), "cross_entropy": cross_entropy.detach()}
+    return loss, diagnostics
+
+
+@torch.no_grad()
+def evaluate_m2(model: SemiSupervisedVAE, data: DataBundle, batch_size: int = 1000) -> dict:
+    """M2's own test classification error, from q(y|x), and how many training labels it had."""
+    device = next(model.parameters()).device
+    wrong = 0
+    for x, y in eval_batches(data.test, batch_size):
+        predicted = model.class_labels[model.classify(x.to(device)).argmax(-1)]
+        wrong += int((predicted != y.to(device)).sum())
+    return {"classifier": "q(y|x)", "test_error": wrong / len(data.test), "test_images": len(data.test),
+            "training_labels": len(labelled(data.train)), "training_images": len(data.train)}
