@@ -1,0 +1,394 @@
+"""The course's plots, as PNG files (matplotlib, Agg backend): `vae plot RUN_DIR`.
+
+Per run: data next to reconstructions (decoder means, and binary samples), the latent space
+(2σ posterior ellipses over the prior for two units, PCA / t-SNE otherwise), the learning curves,
+prior samples next to posterior samples, interpolations, the decoded manifold over [-3, 3]² and the
+KL per latent unit. Per sweep: overlaid learning curves and the rate–distortion plane.
+
+matplotlib is imported inside the functions, so importing this module (for `register`) is cheap.
+Kind-specific plots come from `model.kind_plots.KIND_PLOTS` when that module offers one for the
+run's kind: `KIND_PLOTS[kind](model, config, split, out_dir) -> list[Path]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+PLOTS_DIR = "plots"
+PRIOR_RADIUS = 2.0  # the prior's 2σ disk, drawn behind the posterior ellipses
+DPI = 80
+GAUSSIAN_PLOTS = ("reconstructions", "latent", "learning_curves", "samples", "interpolations", "manifold", "unit_kl")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    from model.artefacts import atomic_write
+
+    plt = pyplot()
+    path = Path(path)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    plt.close(fig)
+    return path
+
+
+def image_grid(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
+    """Tile images (N, 1, H, W) in [0, 1] into one (rows·(H+pad), nrow·(W+pad)) array, row-major."""
+    images = images.detach().cpu().float()
+    if images.dim() != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected grey images of shape (N, 1, H, W), got {tuple(images.shape)}")
+    n, _, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i, 0]
+    return grid
+
+
+def _show(ax, grid: np.ndarray, title: str) -> None:
+    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def _colors(labels: np.ndarray):
+    plt = pyplot()
+    cmap = plt.get_cmap("tab10")
+    return [cmap(int(c) % 10) for c in labels]
+
+
+def _legend_for_classes(ax, labels: np.ndarray) -> None:
+    from matplotlib.lines import Line2D
+
+    plt = pyplot()
+    cmap = plt.get_cmap("tab10")
+    handles = [Line2D([], [], marker="o", linestyle="", color=cmap(int(c) % 10), label=str(int(c)))
+               for c in np.unique(labels)]
+    ax.legend(handles=handles, fontsize=7, loc="upper right", title="digit", title_fontsize=7, ncol=2)
+
+
+# --- per-run plots ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def plot_reconstructions(model, x: Tensor, path: Path, nrow: int = 8) -> Path:
+    """Data, reconstructions as decoder means, and reconstructions as binary samples x ~ p(x|z)."""
+    plt = pyplot()
+    x = x[: nrow * nrow]
+    if getattr(model, "kind", None) == "gaussian":
+        px = model(x)["px"]  # z ~ q(z|x), as the course draws it
+        means, samples, how = px.probs, px.sample(), "z ~ q(z|x)"
+    else:
+        means = model.reconstruct(x)
+        samples, how = torch.bernoulli(means), "posterior mean"
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    _show(axes[0], image_grid(x, nrow), "data")
+    _show(axes[1], image_grid(means.reshape(x.shape), nrow), f"reconstruction: decoder mean ({how})")
+    _show(axes[2], image_grid(samples.reshape(x.shape).float(), nrow), "reconstruction: sample x ~ p(x|z)")
+    return save_figure(fig, path)
+
+
+def _projection_pca(features: np.ndarray) -> np.ndarray:
+    centred = features - features.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T
+
+
+@torch.no_grad()
+def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, seed: int = 0) -> Path:
+    """Two latent units: posterior means and 2σ ellipses over the prior's 2σ disk; more: PCA (and t-SNE)."""
+    from matplotlib.patches import Circle, Ellipse
+
+    plt = pyplot()
+    labels = y.cpu().numpy()
+    colors = _colors(labels)
+    if getattr(model, "kind", None) == "gaussian" and model.latent_features == 2:
+        encoded = model.encode(x)
+        mu, sigma = encoded["mu"].cpu().numpy(), encoded["sigma"].cpu().numpy()
+        fig, ax = plt.subplots(figsize=(5.2, 5))
+        ax.add_patch(Circle((0, 0), PRIOR_RADIUS, color="0.85", zorder=0, label="p(z): 2σ"))
+        for m, s, c in zip(mu[:400], sigma[:400], colors[:400]):
+            ax.add_patch(Ellipse(tuple(m), 4 * s[0], 4 * s[1], facecolor="none", edgecolor=c, alpha=0.25, lw=0.6))
+        ax.scatter(mu[:, 0], mu[:, 1], c=colors, s=4)
+        limit = max(3.0, float(np.abs(mu).max()) * 1.05)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+        ax.set_xlabel("$z_1$")
+        ax.set_ylabel("$z_2$")
+        ax.set_title("q(z|x): means and 2σ ellipses (400 shown) over the prior", fontsize=9)
+        _legend_for_classes(ax, labels)
+        return save_figure(fig, path)
+
+    features = model.features(x).cpu().numpy()
+    panels = [("PCA of posterior means", _projection_pca(features))]
+    if tsne:
+        from sklearn.manifold import TSNE
+
+        keep = min(len(features), 1000)
+        embedded = TSNE(n_components=2, random_state=seed, init="pca").fit_transform(features[:keep])
+        panels.append((f"t-SNE of posterior means ({keep} images)", embedded))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels):
+        ax.scatter(points[:, 0], points[:, 1], c=colors[: len(points)], s=4)
+        ax.set_title(f"{title} ({features.shape[1]} latent units)", fontsize=9)
+        _legend_for_classes(ax, labels)
+    return save_figure(fig, path)
+
+
+CURVES = (("elbo", "ELBO"), ("kl", "KL(q(z|x) || p(z))"), ("log_px", "log p(x|z)"))
+
+
+def plot_learning_curves(metrics: Sequence[dict], path: Path) -> Path:
+    """ELBO, KL and log p(x|z) per epoch: training mean against the full validation set (nats)."""
+    plt = pyplot()
+    epochs = [m["epoch"] for m in metrics]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, (key, title) in zip(axes, CURVES):
+        for split, style in (("train", "--"), ("validation", "-")):
+            ax.plot(epochs, [m[split][key] for m in metrics], style, marker=".", label=split)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("nats per image")
+    axes[0].legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def plot_samples(model, x: Tensor, path: Path, nrow: int = 8) -> Path:
+    """Prior samples (z ~ p(z)) next to posterior samples (z ~ q(z|x)), both as decoder means."""
+    plt = pyplot()
+    n = nrow * nrow
+    prior = model.sample(n)["probs"]
+    if getattr(model, "kind", None) == "gaussian":
+        posterior = model(x[:n])["px"].probs
+    else:
+        posterior = model.reconstruct(x[:n])
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
+    _show(axes[0], image_grid(prior.reshape(-1, *x.shape[1:]), nrow), "prior samples: z ~ p(z)")
+    _show(axes[1], image_grid(posterior.reshape(-1, *x.shape[1:]), nrow), "posterior samples: z ~ q(z|x)")
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def plot_interpolations(model, x: Tensor, y: Tensor, path: Path, pairs: int = 6, steps: int = 10) -> Path:
+    """Decoder means along straight lines between the posterior means of two test images."""
+    plt = pyplot()
+    labels = y.cpu()
+    starts, ends = [], []
+    for i in range(len(labels)):  # pairs of different digits, in data order (deterministic)
+        j = next((j for j in range(i + 1, len(labels)) if labels[j] != labels[i]), None)
+        if j is not None and i not in ends:
+            starts.append(i)
+            ends.append(j)
+        if len(starts) == pairs:
+            break
+    mu = model.features(x)
+    t = torch.linspace(0, 1, steps, device=mu.device)[None, :, None]  # (1, steps, 1)
+    z = (1 - t) * mu[starts][:, None] + t * mu[ends][:, None]  # (pairs, steps, D)
+    images = model.decode(z.reshape(-1, z.shape[-1]))
+    fig, ax = plt.subplots(figsize=(steps * 0.6, len(starts) * 0.6 + 0.4))
+    _show(ax, image_grid(images.reshape(-1, *x.shape[1:]), steps), "interpolations between posterior means")
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def plot_manifold(model, path: Path, n: int = 20, limit: float = 3.0) -> Path:
+    """Decoder means over an n×n grid of [-limit, limit]² (two latent units only)."""
+    plt = pyplot()
+    axis = torch.linspace(-limit, limit, n)
+    z2, z1 = torch.meshgrid(-axis, axis, indexing="ij")  # top row: largest z2
+    z = torch.stack([z1.flatten(), z2.flatten()], 1).to(next(model.parameters()).device)
+    images = model.decode(z)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(image_grid(images.reshape(-1, *model.input_shape), n, pad=0), cmap="gray_r", vmin=0, vmax=1,
+              extent=(-limit, limit, -limit, limit))
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title(f"decoder means over [-{limit:g}, {limit:g}]²", fontsize=9)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def unit_statistics(model, x: Tensor) -> dict[str, np.ndarray]:
+    """Per latent unit: mean analytic KL(q(z_d|x) || N(0, 1)) over x, and Var_x of the posterior mean."""
+    encoded = model.encode(x)
+    mu, sigma = encoded["mu"], encoded["sigma"]
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 1) - sigma.log()  # (B, D)
+    return {"kl": kl.mean(0).cpu().numpy(), "mean_variance": mu.var(0).cpu().numpy()}
+
+
+def plot_unit_kl(model, x: Tensor, path: Path) -> Path:
+    """KL per latent unit and the variance of its posterior mean (active: > 0.01, Burda et al. 2015)."""
+    from model.evaluate import ACTIVE_UNIT_THRESHOLD
+
+    plt = pyplot()
+    stats = unit_statistics(model, x)
+    units = np.arange(len(stats["kl"]))
+    active = stats["mean_variance"] > ACTIVE_UNIT_THRESHOLD
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 0.25 * len(units) + 4), 3))
+    axes[0].bar(units, stats["kl"], color=["C0" if a else "0.6" for a in active])
+    axes[0].set_title(f"KL per unit (nats; total {stats['kl'].sum():.1f})", fontsize=9)
+    axes[1].bar(units, stats["mean_variance"], color=["C0" if a else "0.6" for a in active])
+    axes[1].axhline(ACTIVE_UNIT_THRESHOLD, color="k", lw=0.8, ls="--")
+    axes[1].set_yscale("log")
+    axes[1].set_title(f"Var_x E_q[z_d]: {int(active.sum())} of {len(units)} units active (> {ACTIVE_UNIT_THRESHOLD})",
+                      fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("latent unit")
+    return save_figure(fig, path)
+
+
+def _kind_plots(kind: str):
+    """The kind-specific plot function from model.kind_plots, or (None, why not)."""
+    if importlib.util.find_spec("model.kind_plots") is None:
+        return None, "model.kind_plots does not exist"
+    registry = getattr(importlib.import_module("model.kind_plots"), "KIND_PLOTS", {})
+    if kind not in registry:
+        return None, f"model.kind_plots.KIND_PLOTS has no entry for kind {kind!r}"
+    return registry[kind], ""
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bool = False,
+             images: int = 2000, data=None, data_dir: str | None = None,
+             only: Iterable[str] | None = None, log=print) -> list[Path]:
+    """Write the run's plots as PNG files under `out_dir` (default RUN_DIR/plots); returns their paths.
+
+    Args:
+        images: test images used for the latent space and unit statistics (the first 64 are drawn).
+        data: a loaded DataBundle to use instead of loading the run's data set.
+        data_dir: where the run's data set lives, if not where its config says.
+        only: names among `GAUSSIAN_PLOTS` to draw (default: all that apply to the run).
+    """
+    from model.artefacts import read_jsonl
+    from model.checkpoint import METRICS, load_model
+    from model.data import load_data
+
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
+    model, config = load_model(run_dir)
+    wanted = set(GAUSSIAN_PLOTS if only is None else only)
+    unknown = wanted - set(GAUSSIAN_PLOTS)
+    if unknown:
+        raise ValueError(f"unknown plots {sorted(unknown)}; expected some of {list(GAUSSIAN_PLOTS)}")
+    if data is None:
+        data = load_data(config.replace(data_dir=data_dir) if data_dir else config)
+    test = data.test
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.seed))[:images]
+    x, y = test.x[pick], test.y[pick]
+    torch.manual_seed(config.seed)
+    written = []
+    metrics = read_jsonl(run_dir / METRICS)
+    if "learning_curves" in wanted and metrics:
+        written.append(plot_learning_curves(metrics, out / "learning_curves.png"))
+    if "reconstructions" in wanted:
+        written.append(plot_reconstructions(model, x, out / "reconstructions.png"))
+    if "samples" in wanted:
+        written.append(plot_samples(model, x, out / "samples.png"))
+    if "latent" in wanted:
+        written.append(plot_latent(model, x, y, out / "latent.png", tsne=tsne, seed=config.seed))
+    if config.kind == "gaussian":
+        if "interpolations" in wanted:
+            written.append(plot_interpolations(model, x, y, out / "interpolations.png"))
+        if "manifold" in wanted and model.latent_features == 2:
+            written.append(plot_manifold(model, out / "manifold.png"))
+        if "unit_kl" in wanted:
+            written.append(plot_unit_kl(model, x, out / "unit_kl.png"))
+    else:
+        plot, why = _kind_plots(config.kind)
+        if plot is None:
+            log(f"note: no kind-specific plots for kind {config.kind!r} ({why}); drew the generic ones")
+        else:
+            written.extend(Path(p) for p in plot(model, config, test, out))
+    return written
+
+
+# --- sweep plots -----------------------------------------------------------------------------
+
+def plot_overlaid_curves(curves: dict[str, Sequence[dict]], path: Path, title: str = "") -> Path:
+    """Learning curves of several runs on shared axes: validation solid, training dotted."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for i, (name, metrics) in enumerate(curves.items()):
+        if not metrics:
+            continue
+        epochs = [m["epoch"] for m in metrics]
+        for ax, (key, _) in zip(axes, CURVES):
+            ax.plot(epochs, [m["validation"][key] for m in metrics], "-", marker=".", ms=3, color=f"C{i % 10}",
+                    label=name)
+            ax.plot(epochs, [m["train"][key] for m in metrics], ":", color=f"C{i % 10}", lw=0.8)
+    for ax, (key, label) in zip(axes, CURVES):
+        ax.set_title(f"{label} (validation solid, training dotted)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if key != "kl":
+            values = [m["validation"][key] for ms in curves.values() for m in ms[1:]]
+            low, high = (float(np.percentile(values, 2)), float(max(values))) if values else (0.0, 0.0)
+            if high > low:  # the first epoch's value would squash the rest of the curve
+                ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    axes[0].set_ylabel("nats per image")
+    axes[2].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_rate_distortion(points: dict[str, tuple[float, float]], path: Path, title: str = "") -> Path:
+    """Each run as (rate, distortion) = (test KL, −log p(x|z)); lines of equal ELBO run at −45°."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    rates = [r for r, _ in points.values()]
+    distortions = [d for _, d in points.values()]
+    for i, (name, (rate, distortion)) in enumerate(points.items()):
+        ax.scatter([rate], [distortion], color=f"C{i % 10}", zorder=3)
+        ax.annotate(name, (rate, distortion), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    low, high = min(r + d for r, d in zip(rates, distortions)), max(r + d for r, d in zip(rates, distortions))
+    span = np.array([0.0, max(rates) * 1.1 + 1])
+    for level in np.linspace(low, high, 4):
+        ax.plot(span, level - span, color="0.8", lw=0.7, zorder=1)
+    ax.set_xlim(-0.5, max(rates) * 1.1 + 1)
+    ax.set_ylim(min(distortions) * 0.95, max(distortions) * 1.05)
+    ax.set_xlabel("rate: KL(q(z|x) || p(z)) (nats)")
+    ax.set_ylabel("distortion: −log p(x|z) (nats)")
+    ax.set_title(title or "rate–distortion (grey: equal −ELBO)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+# --- command ---------------------------------------------------------------------------------
+
+def _plot_command(args: argparse.Namespace) -> int:
+    written = plot_run(args.run_dir, args.out, tsne=args.tsne, images=args.images, data_dir=args.data_dir,
+                       only=args.only)
+    for path in written:
+        print(path)
+    return 0
+
+
+def register(commands) -> None:
+    plot = commands.add_parser("plot", help="draw a run's plots as PNG files under RUN_DIR/plots")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots)")
+    plot.add_argument("--tsne", action="store_true", help="add a t-SNE projection for more than two latent units")
+    plot.add_argument("--images", type=int, default=2000, help="test images for the latent plots (default: 2000)")
+    plot.add_argument("--data-dir", help="where the run's data set lives, if not where its config says")
+    plot.add_argument("--only", nargs="+", choices=GAUSSIAN_PLOTS, help="draw only these plots")
+    plot.set_defaults(handler=_plot_command)

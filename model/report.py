@@ -1,0 +1,239 @@
+"""Comparing the runs of a sweep: one table, overlaid learning curves, and a Markdown report.
+
+`write_comparison(SWEEP_DIR)` (called by `vae sweep`) writes comparison.json, comparison.md,
+learning_curves.png and rate_distortion.png. `vae report SWEEP_DIR` adds every run's plots and
+report.md, which holds the tables (overall and per class), the training budget and the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.sweep import RUNS_DIR, SWEEP_FILE, SweepError
+
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+REPORT_MD = "report.md"
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a sweep's run directory says about one run (empty dicts where a file is missing)."""
+
+    name: str
+    changes: dict
+    status: str
+    path: Path
+    config: dict = field(default_factory=dict)
+    metrics: list = field(default_factory=list)
+    evaluation: dict = field(default_factory=dict)
+    seconds: float | None = None
+    error: str | None = None
+
+
+def read_sweep_record(sweep_dir: str | Path) -> dict:
+    path = Path(sweep_dir) / SWEEP_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path}: missing; expected a sweep directory written by `vae sweep`") from None
+    except json.JSONDecodeError as error:
+        raise SweepError(f"{path}: damaged, not valid JSON ({error})") from error
+
+
+def collect(sweep_dir: str | Path) -> tuple[dict, list[RunSummary]]:
+    """The sweep record and a summary of each of its runs, in the sweep file's order."""
+    from model.artefacts import read_jsonl
+    from model.checkpoint import CONFIG, EVALUATION, METRICS, is_complete
+
+    sweep_dir = Path(sweep_dir)
+    record = read_sweep_record(sweep_dir)
+    runs = []
+    for entry in record["runs"]:
+        path = sweep_dir / RUNS_DIR / entry["name"]
+        complete = is_complete(path)
+        status = "complete" if complete else entry.get("status", "not run")
+        if status == "complete" and not complete:
+            status = "incomplete"
+        runs.append(RunSummary(
+            name=entry["name"], changes=entry.get("changes", {}), status=status, path=path,
+            config=json.loads((path / CONFIG).read_text()) if (path / CONFIG).exists() else {},
+            metrics=read_jsonl(path / METRICS),
+            evaluation=json.loads((path / EVALUATION).read_text()) if complete else {},
+            seconds=entry.get("seconds"), error=entry.get("error"),
+        ))
+    return record, runs
+
+
+def _changes(run: RunSummary) -> str:
+    def show(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return ", ".join(f"{k}={show(v)}" for k, v in run.changes.items()) or "base"
+
+
+def comparison_row(run: RunSummary) -> dict:
+    """The comparison table's numbers for one run (None where the run has no evaluation)."""
+    e = run.evaluation
+    if not e:
+        return {"run": run.name, "changes": _changes(run), "status": run.status, "error": run.error}
+    classifier = e.get("classifier", {})
+    return {
+        "run": run.name, "changes": _changes(run), "status": run.status,
+        "epochs": len(run.metrics),
+        "train_images": run.config.get("train_subset"),
+        "test_elbo": e["test"]["elbo"], "test_log_px": e["test"]["log_px"], "test_kl": e["test"]["kl"],
+        "iwae_log_px": e["iwae"]["log_px"], "iwae_k": e["iwae"]["k"],
+        "active_units": e["active_units"]["count"], "latent_units": e["active_units"]["of"],
+        "latent_accuracy": classifier.get("latent_accuracy"), "pixel_accuracy": classifier.get("pixel_accuracy"),
+        "reconstruction_mse": e.get("reconstruction_mse"),
+        "validation_elbo": run.metrics[-1]["validation"]["elbo"] if run.metrics else None,
+        "seconds": run.seconds,
+    }
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """The Markdown comparison table (nats per test image; accuracy on the test set)."""
+    header = ("| run | changes | test ELBO | IWAE log p(x) (K) | KL | log p(x\\|z) | active units "
+              "| latent-classifier acc. | recon. MSE | epochs | seconds |")
+    lines = [header, "|" + "---|" * 11]
+    for r in rows:
+        if "test_elbo" not in r:
+            lines.append(f"| {r['run']} | {r['changes']} | {r['status']}: {r.get('error') or 'no evaluation'} "
+                         "| | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['run']} | {r['changes']} | {_fmt(r['test_elbo'])} | {_fmt(r['iwae_log_px'])} ({r['iwae_k']}) "
+            f"| {_fmt(r['test_kl'])} | {_fmt(r['test_log_px'])} | {r['active_units']}/{r['latent_units']} "
+            f"| {_fmt(r['latent_accuracy'], 3)} | {_fmt(r['reconstruction_mse'], 4)} | {r['epochs']} "
+            f"| {_fmt(r['seconds'], 0)} |")
+    return "\n".join(lines)
+
+
+def per_class_table(runs: list[RunSummary]) -> str:
+    """Per digit: reconstruction MSE and IWAE log p(x) of each evaluated run."""
+    evaluated = [r for r in runs if r.evaluation.get("per_class")]
+    if not evaluated:
+        return ""
+    digits = sorted({int(d) for r in evaluated for d in r.evaluation["per_class"]})
+    lines = ["| run | " + " | ".join(f"digit {d}" for d in digits) + " |", "|" + "---|" * (len(digits) + 1)]
+    for r in evaluated:
+        cells = []
+        for d in digits:
+            c = r.evaluation["per_class"].get(str(d))
+            cells.append("–" if c is None else f"{c['reconstruction_mse']:.4f} / {c['iwae_log_px']:.1f}")
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(sweep_dir: str | Path) -> list[Path]:
+    """comparison.json, comparison.md, learning_curves.png and rate_distortion.png in SWEEP_DIR."""
+    from model.artefacts import write_bytes, write_json
+    from model.plots import plot_overlaid_curves, plot_rate_distortion
+
+    sweep_dir = Path(sweep_dir)
+    record, runs = collect(sweep_dir)
+    rows = [comparison_row(r) for r in runs]
+    write_json(sweep_dir / COMPARISON_JSON, {"sweep": record["name"], "quick": record.get("quick", False),
+                                             "runs": rows})
+    write_bytes(sweep_dir / COMPARISON_MD, (comparison_table(rows) + "\n").encode())
+    written = [sweep_dir / COMPARISON_JSON, sweep_dir / COMPARISON_MD]
+    curves = {r.name: r.metrics for r in runs if r.metrics}
+    if curves:
+        written.append(plot_overlaid_curves(curves, sweep_dir / "learning_curves.png", record["name"]))
+    points = {r.name: (r.evaluation["test"]["kl"], -r.evaluation["test"]["log_px"]) for r in runs if r.evaluation}
+    if points:
+        written.append(plot_rate_distortion(points, sweep_dir / "rate_distortion.png"))
+    return written
+
+
+def _budget(record: dict, runs: list[RunSummary]) -> str:
+    base = record.get("base", {})
+    seconds = [r.seconds for r in runs if r.seconds is not None]
+    data = base.get("dataset")
+    if base.get("data_dir"):
+        data += f" from {base['data_dir']}"
+    lines = [
+        f"- data: {data}, binarization `{base.get('binarize')}`, classes "
+        f"{base.get('classes') or 'all'} (unless a run changes them), training subset "
+        f"{base.get('train_subset') or 'none (all training images)'}",
+        f"- {base.get('epochs')} epochs, batch {base.get('batch_size')}, Adam lr {base.get('lr')}, "
+        f"IWAE K = {base.get('eval_k')}, seed {base.get('seed')}",
+    ]
+    if seconds:
+        lines.append(f"- wall time per run (training + evaluation, as recorded by `vae sweep`): "
+                     f"{min(seconds):.0f}–{max(seconds):.0f} s, {sum(seconds) / 60:.1f} min in all")
+    if record.get("quick"):
+        lines.append("- **quick mode**: embedded digits, one epoch — a smoke test, not a result")
+    return "\n".join(lines)
+
+
+def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = False, log=print) -> Path:
+    """Write SWEEP_DIR/report.md with the comparison, per-class table, budget and figures."""
+    from model.artefacts import write_bytes
+    from model.config import TrainConfig
+    from model.data import load_data
+    from model.plots import plot_run
+    from model.sweep import DATA_FIELDS
+
+    sweep_dir = Path(sweep_dir)
+    write_comparison(sweep_dir)
+    record, runs = collect(sweep_dir)
+    rows = [comparison_row(r) for r in runs]
+    parts = [f"# Sweep `{record['name']}`", "", record.get("description", "").strip(), "",
+             f"Regenerate: `vae sweep {record.get('source', 'SWEEP_FILE')}"
+             f"{' --quick' if record.get('quick') else ''} --out {sweep_dir}` then `vae report {sweep_dir}`.", "",
+             "## Budget", "", _budget(record, runs), "",
+             "## Comparison (test set, nats per image)", "", comparison_table(rows), "",
+             "IWAE log p(x) is the importance-weighted bound L_K with the K shown; active units have "
+             "Var_x E_q[z_d] > 0.01; the classifier is logistic regression on the posterior means; "
+             "reconstruction MSE is per pixel, decoder mean at the posterior mean.", "",
+             "![learning curves](learning_curves.png)", "", "![rate-distortion](rate_distortion.png)", ""]
+    per_class = per_class_table(runs)
+    if per_class:
+        parts += ["## Per digit (reconstruction MSE / IWAE log p(x))", "", per_class, ""]
+    if run_plots:
+        parts += ["## Runs", ""]
+        cache: dict[tuple, object] = {}
+        for run in runs:
+            if run.status != "complete":
+                parts += [f"### {run.name}", "", f"{run.status}: {run.error or 'no complete run'}", ""]
+                continue
+            config = TrainConfig.from_dict(run.config)
+            key = tuple(str(getattr(config, f)) for f in DATA_FIELDS)
+            if key not in cache:
+                cache[key] = load_data(config)
+            out = sweep_dir / REPORT_DIR / run.name
+            written = plot_run(run.path, out, tsne=tsne, data=cache[key], log=log)
+            parts += [f"### {run.name} ({_changes(run)})", ""]
+            parts += [f"![{p.stem}]({p.relative_to(sweep_dir).as_posix()})" for p in written]
+            parts.append("")
+    path = sweep_dir / REPORT_MD
+    write_bytes(path, "\n".join(parts).encode())
+    return path
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    path = write_report(args.sweep_dir, run_plots=not args.no_run_plots, tsne=args.tsne)
+    print(f"report written to {path}")
+    return 0
+
+
+def register(commands) -> None:
+    report = commands.add_parser("report", help="write a sweep's Markdown report with tables and figures")
+    report.add_argument("sweep_dir", help="a directory written by `vae sweep`")
+    report.add_argument("--no-run-plots", action="store_true", help="only the sweep's tables and overlaid plots")
+    report.add_argument("--tsne", action="store_true", help="add t-SNE to the latent plots of runs with > 2 units")
+    report.set_defaults(handler=_report_command)

@@ -1,0 +1,94 @@
+"""Plots: every PNG of a run is written and readable; the numbers behind them are right."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from model import TrainConfig
+from model.checkpoint import load_model
+from model.cli import main
+from model.data import load_data
+from model.plots import (GAUSSIAN_PLOTS, image_grid, plot_overlaid_curves, plot_rate_distortion, plot_run,
+                         unit_statistics)
+from model.train import train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = dict(hidden=(32,), latent_features=2, epochs=2, batch_size=128, train_subset=300,
+            eval_k=4, calibration_k=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data(TrainConfig(**TINY))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    return train(TrainConfig(**TINY), tmp_path_factory.mktemp("runs") / "tiny", data=data, progress=False)
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_image_grid_places_each_image_in_row_major_order():
+    images = torch.stack([torch.full((1, 3, 2), float(i) / 10) for i in range(5)])
+    grid = image_grid(images, nrow=2, pad=1)
+    assert grid.shape == (3 * 4 + 1, 2 * 3 + 1)
+    # image i sits at row i // 2, column i % 2, behind one pixel of padding
+    for i in range(5):
+        r, c = divmod(i, 2)
+        block = grid[1 + r * 4: 1 + r * 4 + 3, 1 + c * 3: 1 + c * 3 + 2]
+        assert np.allclose(block, i / 10)
+    with pytest.raises(ValueError, match=r"expected grey images of shape \(N, 1, H, W\), got \(5, 3, 2\)"):
+        image_grid(images[:, 0], nrow=2)
+
+
+def test_vae_plot_writes_every_plot_of_a_two_unit_run(run, tmp_path, capsys):
+    assert main(["plot", str(run), "--out", str(tmp_path), "--images", "200"]) == 0
+    written = {Path(line).stem for line in capsys.readouterr().out.split()}
+    assert written == set(GAUSSIAN_PLOTS)
+    for name in GAUSSIAN_PLOTS:
+        assert _is_png(tmp_path / f"{name}.png"), name
+
+
+def test_more_latent_units_draw_a_projection_and_no_manifold(tmp_path, data):
+    run = train(TrainConfig(**{**TINY, "latent_features": 3, "epochs": 1}), tmp_path / "three", data=data,
+                progress=False)
+    written = plot_run(run, data=data, tsne=True, images=120)
+    names = {p.stem for p in written}
+    assert "manifold" not in names and {"latent", "unit_kl", "interpolations"} <= names
+    assert all(_is_png(p) and p.parent == run / "plots" for p in written)
+
+
+def test_unit_kl_sums_to_the_analytic_kl(run, data):
+    model, _ = load_model(run)
+    x = data.test.x[:50]
+    stats = unit_statistics(model, x)
+    encoded = model.encode(x)
+    expected = kl_divergence(Normal(encoded["mu"], encoded["sigma"]), Normal(0.0, 1.0)).mean(0)
+    assert np.allclose(stats["kl"], expected.detach().numpy(), atol=1e-5)
+    assert np.allclose(stats["mean_variance"], encoded["mu"].var(0).detach().numpy(), atol=1e-6)
+
+
+def test_sweep_plots_are_written(run, tmp_path):
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert _is_png(plot_overlaid_curves({"a": metrics, "b": metrics}, tmp_path / "curves.png"))
+    assert _is_png(plot_rate_distortion({"a": (3.0, 120.0), "b": (10.0, 100.0)}, tmp_path / "rd.png"))
+
+
+def test_unknown_plot_names_are_refused(run, data):
+    with pytest.raises(ValueError, match=r"unknown plots \['histogram'\]; expected some of"):
+        plot_run(run, data=data, only=["histogram"])
+
+
+def test_a_kind_without_kind_plots_is_skipped_with_a_note(monkeypatch):
+    from model import plots
+
+    monkeypatch.setattr(plots.importlib.util, "find_spec", lambda name: None)
+    plot, why = plots._kind_plots("categorical")
+    assert plot is None and "model.kind_plots does not exist" in why
