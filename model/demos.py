@@ -12,6 +12,7 @@ import argparse
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Normal
@@ -82,14 +83,14 @@ def plot_importance_sampling(result: dict, path: Path) -> Path:
     axes[0].set_title(f"E_p[z] from {result['n_samples']:,} samples of q: {result['estimate']:.3f} "
                       f"(ESS {result['effective_sample_size']:.0f})", fontsize=9)
     for i, (name, rows) in enumerate(result["convergence"].items()):
-        ns = [r["n"] for r in rows]
-        axes[1].errorbar(ns, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=3,
-                         marker="o", color=f"C{i + 2}", label=f"q = {name}")
-    axes[1].axhline(result["true_mean"], color="k", lw=0.8, label="E_p[z] = 5")
-    axes[1].set_xscale("log")
+        ns = np.array([r["n"] for r in rows])
+        axes[1].loglog(ns, [r["std"] for r in rows], marker="o", color=f"C{i + 2}", label=f"q = {name}")
+    first = result["convergence"]["N(1, 3)"][0]
+    ns = np.array([r["n"] for r in result["convergence"]["N(1, 3)"]])
+    axes[1].loglog(ns, first["std"] * np.sqrt(first["n"] / ns), color="0.6", ls=":", label="∝ 1/√n")
     axes[1].set_xlabel("samples of q")
-    axes[1].set_ylabel("estimate (mean ± std over repeats)")
-    axes[1].set_title("a proposal narrower than p: high variance, slow convergence", fontsize=9)
+    axes[1].set_ylabel("std of the estimate over repeats")
+    axes[1].set_title("spread of the estimate: a proposal narrower than p is far noisier", fontsize=9)
     axes[1].legend(fontsize=7)
     return save_figure(fig, path)
 

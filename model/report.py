@@ -107,17 +107,17 @@ def _fmt(value, digits: int = 2) -> str:
 def comparison_table(rows: list[dict]) -> str:
     """The Markdown comparison table (nats per test image; accuracy on the test set)."""
     header = ("| run | changes | test ELBO | IWAE log p(x) (K) | KL | log p(x\\|z) | active units "
-              "| latent-classifier acc. | recon. MSE | epochs | seconds |")
-    lines = [header, "|" + "---|" * 11]
+              "| latent-classifier acc. | pixel-classifier acc. | recon. MSE | epochs | seconds |")
+    lines = [header, "|" + "---|" * 12]
     for r in rows:
         if "test_elbo" not in r:
             lines.append(f"| {r['run']} | {r['changes']} | {r['status']}: {r.get('error') or 'no evaluation'} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         lines.append(
             f"| {r['run']} | {r['changes']} | {_fmt(r['test_elbo'])} | {_fmt(r['iwae_log_px'])} ({r['iwae_k']}) "
             f"| {_fmt(r['test_kl'])} | {_fmt(r['test_log_px'])} | {r['active_units']}/{r['latent_units']} "
-            f"| {_fmt(r['latent_accuracy'], 3)} | {_fmt(r['reconstruction_mse'], 4)} | {r['epochs']} "
+            f"| {_fmt(r['latent_accuracy'], 3)} | {_fmt(r['pixel_accuracy'], 3)} | {_fmt(r['reconstruction_mse'], 4)} | {r['epochs']} "
             f"| {_fmt(r['seconds'], 0)} |")
     return "\n".join(lines)
 
