@@ -43,7 +43,7 @@ QUICK_OVERRIDES: dict[str, Any] = {
 _TOP_LEVEL = {"name", "description", "base", "quick", "runs"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Fields that decide which images a run sees: runs that agree on them share one loaded DataBundle.
-DATA_FIELDS = ("dataset", "data_dir", "classes", "binarize", "validation_fraction", "train_subset", "seed")
+DATA_FIELDS = ("dataset", "data_dir", "classes", "binarize", "validation_fraction", "train_subset", "labels", "seed")
 
 
 class SweepError(ValueError):

@@ -143,3 +143,13 @@ def test_a_shipped_sweep_runs_quick(tmp_path):
     _check_sweep_dir(out, ["digits-3-7", "digits-0-1-4-9", "digits-all"])
     per_class = json.loads((out / "runs" / "digits-0-1-4-9" / "evaluation.json").read_text())["per_class"]
     assert sorted(per_class) == ["0", "1", "4", "9"]
+
+
+def test_runs_share_loaded_data_only_when_every_field_load_data_reads_agrees():
+    import inspect
+
+    from model.data import load_data
+    from model.sweep import DATA_FIELDS
+
+    read = set(re.findall(r"config\.([a-z_]+)", inspect.getsource(load_data)))
+    assert read <= set(DATA_FIELDS), f"load_data reads {sorted(read - set(DATA_FIELDS))}, missing from DATA_FIELDS"
