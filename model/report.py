@@ -93,6 +93,8 @@ def comparison_row(run: RunSummary) -> dict:
         "reconstruction_mse": e.get("reconstruction_mse"),
         "validation_elbo": run.metrics[-1]["validation"]["elbo"] if run.metrics else None,
         "seconds": run.seconds,
+        "kind": run.config.get("kind"),
+        "kind_evaluation": e.get("kind"),
     }
 
 
@@ -135,6 +137,13 @@ def per_class_table(runs: list[RunSummary]) -> str:
             c = r.evaluation["per_class"].get(str(d))
             cells.append("–" if c is None else f"{c['reconstruction_mse']:.4f} / {c['iwae_log_px']:.1f}")
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kind_table(rows: list[dict]) -> str:
+    """Numbers only some model kinds report (evaluation.json's "kind"), one line per such run."""
+    lines = [f"- {r['run']} ({r['kind']}): " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in r["kind_evaluation"].items())
+             for r in rows if r.get("kind_evaluation")]
     return "\n".join(lines)
 
 
@@ -201,6 +210,9 @@ def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = 
              "Var_x E_q[z_d] > 0.01; the classifier is logistic regression on the posterior means; "
              "reconstruction MSE is per pixel, decoder mean at the posterior mean.", "",
              "![learning curves](learning_curves.png)", "", "![rate-distortion](rate_distortion.png)", ""]
+    kinds = kind_table(rows)
+    if kinds:
+        parts += ["## Kind-specific evaluation", "", kinds, ""]
     per_class = per_class_table(runs)
     if per_class:
         parts += ["## Per digit (reconstruction MSE / IWAE log p(x))", "", per_class, ""]
