@@ -14,4 +14,14 @@ def register(commands) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    raise NotImplementedError("vae serve: the service is being built (issue 3)")
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(**({"model_dir": args.model_dir} if args.model_dir is not None else {}))
+    # uvicorn stops accepting on SIGTERM, waits for requests in flight (at most the timeout), then
+    # runs the lifespan's shutdown, which drains the batchers.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    return 0

@@ -1,0 +1,72 @@
+"""`create_app(settings)`: the FastAPI app, its lifespan (load and warm up models; drain on exit)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Response
+
+from service.auth import require_token
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
+from service.metrics import RequestTracking
+from service.settings import Settings
+from service.state import Service, ServiceDep
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+Serves every trained run directory under `VAE_MODEL_DIR`: encode, decode, sample, reconstruct,
+ELBO, IWAE, classify and anomaly scores, over REST (`/models/{name}/{operation}`) and the Open
+Inference Protocol V2 (`/v2/models/{name}.{operation}/infer`). Concurrent requests for one model
+and operation share a forward pass. Errors are `{"error": "..."}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Models load when the app starts (its lifespan), not here."""
+    from service import oip, routes
+
+    settings = settings or Settings()
+    logging.getLogger("service").setLevel(settings.log_level.upper())
+    service = Service.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(service.inference.executor, service.registry.load_all, service.inference.warm_up)
+        entries = service.registry.models.values()
+        service.metrics.models_ready.set(sum(e.ready for e in entries))
+        service.metrics.models_failed.set(sum(not e.ready for e in entries))
+        ok, reason = service.registry.readiness()
+        (log.info if ok else log.warning)("%s", reason)
+        yield
+        await service.inference.close()  # uvicorn has already let the requests in flight finish
+        log.info("batchers drained; shutting down")
+
+    app = FastAPI(title="vae-lab model server", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(routes.health)
+    app.include_router(routes.models)
+    app.include_router(oip.router)
+    app.include_router(oip.models)
+    if settings.benchmark_endpoints:
+        app.include_router(routes.benchmark)
+
+    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_token)],
+             summary="Prometheus metrics: requests, latency, queue time, batch sizes")
+    async def metrics(service: ServiceDep) -> Response:
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTracking, metrics=service.metrics, gate=service.gate,
+                       known_models=lambda: service.registry.models)
+    return app

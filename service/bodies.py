@@ -1,0 +1,99 @@
+"""Request bodies: JSON, or multipart/form-data with PNG files, into one request schema.
+
+Image endpoints take either body. Routes declare `body: Annotated[XRequest, Depends(body_of(XRequest))]`
+and `openapi_extra=request_body_doc(XRequest)` so /docs shows both content types and the examples.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from service.errors import BadInputError, UnsupportedMediaTypeError, bad_input_from
+from service.schemas import ImagesRequest
+
+Model = TypeVar("Model", bound=BaseModel)
+MAX_FORM_FIELDS = 64
+
+
+async def read_json(request: Request) -> object:
+    raw = await request.body()
+    if not raw:
+        raise BadInputError("body: expected a JSON object, got an empty body")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadInputError(f"body: expected JSON, got invalid JSON ({error})") from None
+
+
+async def _read_form(request: Request, max_files: int) -> dict:
+    try:
+        form = await request.form(max_files=max_files, max_fields=MAX_FORM_FIELDS)
+    except HTTPException as error:  # Starlette's report of a malformed multipart body
+        raise BadInputError(f"body: expected multipart/form-data, got a malformed body ({error.detail})") from None
+    data: dict[str, object] = {}
+    pngs = []
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name != "images":
+                raise BadInputError(f"{name}: expected PNG files under the form field 'images', got a file under {name!r}")
+            pngs.append(base64.b64encode(await value.read()).decode("ascii"))
+        elif name in data:
+            previous = data[name]
+            data[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            data[name] = value
+    if pngs:
+        data["images_png"] = pngs
+    await form.close()
+    return data
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def body_of(schema: type[Model]):
+    """A dependency parsing the request body into `schema` (422 naming the field when it does not fit)."""
+    accepts_files = issubclass(schema, ImagesRequest)
+
+    async def parse(request: Request) -> Model:
+        media = _media_type(request)
+        if media in ("", "application/json") or media.endswith("+json"):
+            data = await read_json(request)
+        elif media == "multipart/form-data" and accepts_files:
+            data = await _read_form(request, request.app.state.service.settings.max_images)
+        else:
+            accepted = "application/json" + (" or multipart/form-data" if accepts_files else "")
+            raise UnsupportedMediaTypeError(f"Content-Type: expected {accepted}, got {media}")
+        if not isinstance(data, dict):
+            raise BadInputError(f"body: expected a JSON object, got {type(data).__name__}")
+        try:
+            return schema.model_validate(data)
+        except ValidationError as error:
+            raise bad_input_from(error) from None
+
+    return parse
+
+
+def request_body_doc(schema: type[BaseModel]) -> dict:
+    """The OpenAPI requestBody for a route reading its body through `body_of(schema)`."""
+    json_schema = schema.model_json_schema()
+    examples = json_schema.pop("examples", [])
+    content = {"application/json": {"schema": json_schema,
+                                    "examples": {f"example {i + 1}": {"value": e} for i, e in enumerate(examples)}}}
+    if issubclass(schema, ImagesRequest):
+        fields = {k: v for k, v in json_schema["properties"].items() if k not in ("images", "images_png")}
+        content["multipart/form-data"] = {"schema": {
+            "type": "object",
+            "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                      "description": "PNG files, one per image"}, **fields},
+            "required": ["images"],
+        }}
+    return {"requestBody": {"required": True, "content": content}}

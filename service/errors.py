@@ -1,0 +1,118 @@
+"""Domain errors carry their HTTP status; one handler turns any of them into `{"error": "..."}`.
+
+Request-validation errors from FastAPI are rewritten the same way, naming the field, what was
+expected and what arrived, so every error a client sees has one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error the client caused or should know about; `status` is the HTTP status code."""
+
+    status: int = 400
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadInputError(ServiceError):
+    status = 422
+
+
+class UnsupportedError(ServiceError):
+    status = 400
+
+
+class UnauthorizedError(ServiceError):
+    status = 401
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ModelNotFoundError(ServiceError):
+    status = 404
+
+
+class PayloadTooLargeError(ServiceError):
+    status = 413
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status = 415
+
+
+class OverloadedError(ServiceError):
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class NotReadyError(ServiceError):
+    status = 503
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def describe_validation_errors(errors, prefix: str = "") -> str:
+    """'field: expected ..., got ...' for each pydantic error, joined by '; '."""
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        field = prefix + ".".join(loc) if loc else (prefix.rstrip(".") or "body")
+        got = error.get("input")
+        shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        if error.get("type") == "missing":
+            parts.append(f"{field}: required, but missing")
+        elif error.get("type") == "extra_forbidden":
+            parts.append(f"{field}: not a known field")
+        else:
+            parts.append(f"{field}: {error.get('msg', 'invalid')}, got {shown}")
+    return "; ".join(parts)
+
+
+def bad_input_from(error: ValidationError, prefix: str = "") -> BadInputError:
+    return BadInputError(describe_validation_errors(error.errors(include_url=False), prefix))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error to `{"error": message}` with its status; nothing escapes as a bare 500."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return error_response(error.status, error.message, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(422, describe_validation_errors(error.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        message = error.detail if isinstance(error.detail, str) else str(error.detail)
+        if error.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}; see /docs"
+        return error_response(error.status_code, message, getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # A bug, not bad input: log it with its traceback and say so without leaking internals.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error ({type(error).__name__}); the server log has details")

@@ -1,0 +1,137 @@
+"""Running an operation for one request: check its parameters, batch it, finish its outputs.
+
+REST routes and OIP routes both come here with decoded inputs, so limits, defaults and batching
+behave the same whichever protocol a client speaks.
+"""
+
+from __future__ import annotations
+
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service.batching import ArrivalGate, Batcher
+from service.errors import BadInputError, NotReadyError, UnsupportedError
+from service.metrics import Metrics
+from service.operations import OPERATIONS, Call, Outputs, run_batch
+from service.registry import ModelEntry, Registry
+from service.settings import Settings
+
+
+class Inference:
+    """Batchers per (model, operation) over one thread pool, and the per-request rules."""
+
+    def __init__(self, settings: Settings, registry: Registry, metrics: Metrics, gate: ArrivalGate):
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.gate = gate
+        self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
+        self.batchers: dict[tuple[str, str], Batcher] = {}
+        self.closing = False
+
+    # --- the request's parameters -----------------------------------------------------------
+
+    def anomaly_score(self, entry: ModelEntry, score: str | None) -> str:
+        available = entry.anomaly_scores()
+        default = entry.checkpoint.calibration.default
+        name = score if score is not None else (default if default in available else available[0])
+        if name not in available:
+            raise BadInputError(f"score: expected one of the calibrated scores {available}, got {name!r}")
+        return name
+
+    def key(self, entry: ModelEntry, operation: str, params: dict) -> tuple:
+        """The settings of the forward pass; only requests with equal keys share a pass."""
+        s = self.settings
+        if operation == "encode":
+            num_samples = params.get("num_samples") or 0
+            if num_samples > s.max_num_samples:
+                raise BadInputError(f"num_samples: expected at most {s.max_num_samples} (VAE_MAX_NUM_SAMPLES), "
+                                    f"got {num_samples}")
+            return (("num_samples", num_samples),)
+        if operation == "iwae":
+            k = params.get("k") or s.default_k
+            if k > s.max_k:
+                raise BadInputError(f"k: expected at most {s.max_k} importance samples (VAE_MAX_K), got {k}")
+            return (("k", k), ("chunk_size", s.iwae_chunk))
+        if operation == "anomaly":
+            score = self.anomaly_score(entry, params.get("score"))
+            # The score is computed exactly as it was calibrated (e.g. with the calibration's K).
+            calibration_params = entry.checkpoint.calibration.scores[score].params
+            return (("score", score), ("params", tuple(sorted(calibration_params.items()))))
+        return ()
+
+    def labels(self, entry: ModelEntry, operation: str, labels, rows: int) -> np.ndarray | None:
+        """Class labels y for conditional kinds' decode and sample, one per row."""
+        if labels is None:
+            return None
+        method = getattr(entry.checkpoint.model, operation, None)
+        if operation not in ("decode", "sample") or "y" not in inspect.signature(method).parameters:
+            raise UnsupportedError(f"y: model {entry.name!r} (kind {entry.kind!r}) takes no class label "
+                                   f"for {operation!r}")
+        array = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if array.shape[0] == 1 and rows > 1:
+            array = np.repeat(array, rows)
+        if array.shape[0] != rows:
+            raise BadInputError(f"y: expected one class label or {rows} (one per row), got {array.shape[0]}")
+        return array
+
+    def call(self, entry: ModelEntry, operation: str, *, inputs: np.ndarray | None = None, n: int | None = None,
+             seed: int | None = None, labels=None, **params) -> Call:
+        rows = inputs.shape[0] if inputs is not None else int(n)
+        if operation == "sample" and rows > self.settings.max_images:
+            raise BadInputError(f"n: expected at most {self.settings.max_images} samples per request "
+                                f"(VAE_MAX_IMAGES), got {rows}")
+        return Call(rows=rows, inputs=inputs, labels=self.labels(entry, operation, labels, rows), seed=seed,
+                    key=self.key(entry, operation, params))
+
+    # --- running it -------------------------------------------------------------------------
+
+    def _batcher(self, entry: ModelEntry, operation: str) -> Batcher:
+        batcher = self.batchers.get((entry.name, operation))
+        if batcher is None:
+            checkpoint = entry.checkpoint
+            s = self.settings
+            batcher = Batcher(
+                f"{entry.name}.{operation}", lambda calls: run_batch(checkpoint, operation, calls),
+                executor=self.executor, gate=self.gate, max_batch_size=s.max_batch_size,
+                max_wait_s=s.max_wait_ms / 1000, max_queue=s.max_queue,
+                observe=self.metrics.observer(entry.name, operation))
+            self.batchers[(entry.name, operation)] = batcher
+        return batcher
+
+    async def run(self, name: str, operation: str, *, finish: dict | None = None, **request) -> Outputs:
+        """Run `operation` of model `name` for one request and return its outputs (numpy, rows first).
+
+        Args:
+            finish: per-request parameters applied after the pass (beta, false_positive_rate).
+            request: inputs= / n=, seed=, labels= and the pass parameters (k, num_samples, score).
+        """
+        if self.closing:
+            raise NotReadyError("the server is shutting down")
+        entry = self.registry.ready_model(name, operation)
+        call = self.call(entry, operation, **request)
+        outputs = await self._batcher(entry, operation).submit(call)
+        finish = dict(finish or {})
+        if operation == "anomaly":
+            finish["score"] = dict(call.key)["score"]
+        return OPERATIONS[operation].finish(entry.checkpoint, outputs, **finish)
+
+    def warm_up(self, entry: ModelEntry, operation: str) -> Outputs:
+        """One synthetic request through the same path (minus the queue), for the registry."""
+        op = OPERATIONS[operation]
+        shape = (1, *entry.input_shape) if op.input == "images" else (1, entry.latent_features or 1)
+        inputs = None if op.input == "n" else np.full(shape, 0.5 if op.input == "images" else 0.0, np.float32)
+        params = {"encode": {"num_samples": 1}, "iwae": {"k": 2}}.get(operation, {})
+        call = self.call(entry, operation, inputs=inputs, n=1, seed=0, **params)
+        (outputs,) = run_batch(entry.checkpoint, operation, [call])
+        finish = {"anomaly": {"score": dict(call.key).get("score"), "false_positive_rate": 0.01}}.get(operation, {})
+        return OPERATIONS[operation].finish(entry.checkpoint, outputs, **finish)
+
+    async def close(self) -> None:
+        """Stop taking requests, let every queued and running pass finish, stop the threads."""
+        self.closing = True
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self.executor.shutdown(wait=True)

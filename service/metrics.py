@@ -1,0 +1,108 @@
+"""Prometheus metrics, one registry per app: requests, latency, queue time, batch sizes.
+
+`RequestTracking` is the ASGI middleware that times every request and labels it with the model,
+operation and status; it also hands each request its `ArrivalGate` ticket (see service.batching).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.batching import CURRENT_TICKET, ArrivalGate, BatchStats
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("model", "operation", "status")
+        self.requests = Counter("vae_requests", "HTTP requests handled", labels, registry=self.registry)
+        self.latency = Histogram("vae_request_seconds", "Time from request to response", labels,
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue = Histogram("vae_queue_seconds", "Time a request waited for its forward pass",
+                               ("model", "operation"), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inference = Histogram("vae_batch_seconds", "Duration of one batched forward pass",
+                                   ("model", "operation"), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("vae_batch_rows", "Rows (images, latents, samples) per forward pass",
+                                    ("model", "operation"), buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_requests = Histogram("vae_batch_requests", "Requests sharing one forward pass",
+                                        ("model", "operation"), buckets=BATCH_BUCKETS, registry=self.registry)
+        self.models_ready = Gauge("vae_models_ready", "Models loaded and warmed up", registry=self.registry)
+        self.models_failed = Gauge("vae_models_failed", "Model directories that could not be served",
+                                   registry=self.registry)
+
+    def observer(self, model: str, operation: str):
+        """A callback for `Batcher(observe=...)` recording one pass."""
+        queue = self.queue.labels(model, operation)
+        inference = self.inference.labels(model, operation)
+        rows = self.batch_rows.labels(model, operation)
+        requests = self.batch_requests.labels(model, operation)
+
+        def observe(stats: BatchStats) -> None:
+            for seconds in stats.queue_seconds:
+                queue.observe(seconds)
+            inference.observe(stats.run_seconds)
+            rows.observe(stats.rows)
+            requests.observe(stats.requests)
+
+        return observe
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def route_labels(scope: dict, known_models) -> tuple[str, str]:
+    """(model, operation) of a handled request: from the matched route, never from raw paths."""
+    params = scope.get("path_params") or {}
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if template is None:
+        return "", "unmatched"
+    if "model" in params:  # OIP: /v2/models/{model}/... with model = "{name}.{operation}"
+        name, _, operation = str(params["model"]).rpartition(".")
+        if name in known_models:
+            return name, f"v2:{operation}" if template.endswith("/infer") else template
+        return "unknown", template
+    if "name" in params:
+        name = str(params["name"])
+        operation = "describe" if template.endswith("}") else template.rsplit("/", 1)[-1]
+        return (name if name in known_models else "unknown"), operation
+    return "", template
+
+
+class RequestTracking:
+    """ASGI middleware: an arrival ticket per request, and its count and latency by route labels."""
+
+    def __init__(self, app, metrics: Metrics, gate: ArrivalGate, known_models):
+        self.app = app
+        self.metrics = metrics
+        self.gate = gate
+        self.known_models = known_models  # a callable returning the current model names
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+        ticket = self.gate.enter()
+        token = CURRENT_TICKET.set(ticket)
+
+        async def send_with_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            ticket.close()
+            CURRENT_TICKET.reset(token)
+            model, operation = route_labels(scope, self.known_models())
+            labels = (model, operation, str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)

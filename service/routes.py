@@ -1,0 +1,205 @@
+"""The REST API: health, model descriptions and one sub-resource per operation. Routes are thin:
+parse the body, decode the inputs, call `Inference.run`, shape the response."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Response
+
+from model.calibration import DEFAULT_FALSE_POSITIVE_RATE
+from service.auth import require_token
+from service.bodies import body_of, read_json, request_body_doc
+from service.errors import ServiceError
+from service.images import encode_png, images_from_request, latents_from_request
+from service.operations import classes_of
+from service.registry import ModelEntry
+from service.schemas import (
+    AnomalyInfo, AnomalyRequest, AnomalyResponse, ClassifyRequest, ClassifyResponse, DecodeRequest, ElboRequest,
+    ElboResponse, EncodeRequest, EncodeResponse, ErrorResponse, Health, ImagesRequest, IwaeRequest, IwaeResponse,
+    ModelDetail, ModelList, ModelSummary, NoopResponse, ProbsResponse, ReconstructRequest, SampleRequest,
+    SampleResponse, ScoreInfo,
+)
+from service.state import Service, ServiceDep
+
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
+    400: "the model's kind does not support this operation",
+    401: "missing or wrong bearer token (when VAE_API_TOKEN is set)",
+    404: "no such model",
+    413: "body larger than VAE_MAX_BODY_BYTES",
+    422: "bad input: the message names the field, what was expected and what arrived",
+    429: "the model's queue is full; see Retry-After",
+    503: "the model is not ready",
+}.items()}
+
+health = APIRouter(tags=["health"])
+models = APIRouter(tags=["models"], dependencies=[Depends(require_token)], responses=ERRORS)
+
+
+def json_response(body) -> Response:
+    """Serialize a response schema once (FastAPI would validate it again)."""
+    return Response(body.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+# --- health -------------------------------------------------------------------------------------
+
+@health.get("/health/live", response_model=Health, summary="200 while the process runs")
+async def live() -> Health:
+    return Health(status="live")
+
+
+@health.get("/health/ready", response_model=Health, summary="200 when at least one model is ready, else 503",
+            responses={503: {"model": Health}})
+async def ready(service: ServiceDep) -> Response:
+    ok, reason = service.registry.readiness()
+    body = Health(status="ready" if ok else "not ready", reason=reason)
+    return Response(body.model_dump_json(), status_code=200 if ok else 503, media_type="application/json")
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+def summary(entry: ModelEntry) -> ModelSummary:
+    return ModelSummary(name=entry.name, kind=entry.kind, ready=entry.ready, error=entry.error,
+                        operations=list(entry.operations))
+
+
+def detail(entry: ModelEntry) -> ModelDetail:
+    out = ModelDetail(**summary(entry).model_dump(), path=str(entry.path))
+    ck = entry.checkpoint
+    if ck is None:
+        return out
+    out.input_shape = list(entry.input_shape)
+    out.latent_features = entry.latent_features
+    out.describe = ck.model.describe()
+    out.config = ck.config.to_dict()
+    out.evaluation = ck.evaluation
+    out.classes = classes_of(ck)
+    if ck.calibration is not None and entry.anomaly_scores():
+        out.anomaly = AnomalyInfo(default=ck.calibration.default, scores={
+            name: ScoreInfo(threshold=ck.calibration.scores[name].threshold(DEFAULT_FALSE_POSITIVE_RATE),
+                            false_positive_rate=DEFAULT_FALSE_POSITIVE_RATE, n=ck.calibration.scores[name].n,
+                            params=ck.calibration.scores[name].params)
+            for name in entry.anomaly_scores()})
+    return out
+
+
+@models.get("/models", response_model=ModelList, summary="Every model: name, kind, ready, error if any")
+async def list_models(service: ServiceDep) -> ModelList:
+    return ModelList(models=[summary(e) for e in service.registry.models.values()])
+
+
+@models.get("/models/{name}", response_model=ModelDetail, response_model_exclude_none=True,
+            summary="Kind, shapes, config, test metrics, operations and anomaly calibration of one model")
+async def describe_model(name: str, service: ServiceDep) -> Response:
+    return json_response(detail(service.registry.get(name)))
+
+
+# --- operations ------------------------------------------------------------------------------------
+
+def _images(service: Service, name: str, body: ImagesRequest) -> np.ndarray:
+    entry = service.registry.ready_model(name)
+    return images_from_request(body.images, body.images_png, entry.input_shape, service.settings.max_images)
+
+
+def _pngs(probs: np.ndarray, entry: ModelEntry) -> list[str]:
+    height, width = entry.input_shape[-2:]
+    return [encode_png(p.reshape(height, width)) for p in probs]
+
+
+def _op(path: str, request_model, response_model, summary: str):
+    return models.post(f"/models/{{name}}/{path}", response_model=response_model, response_model_exclude_none=True,
+                       summary=summary, openapi_extra=request_body_doc(request_model))
+
+
+@_op("encode", EncodeRequest, EncodeResponse, "Posterior parameters per image, and samples z ~ q(z|x) if asked")
+async def encode(name: str, service: ServiceDep,
+                 body: Annotated[EncodeRequest, Depends(body_of(EncodeRequest))]) -> Response:
+    x = _images(service, name, body)
+    out = await service.inference.run(name, "encode", inputs=x, seed=body.seed, num_samples=body.num_samples)
+    return json_response(EncodeResponse(**{k: v.tolist() for k, v in out.items()}))
+
+
+@_op("decode", DecodeRequest, ProbsResponse, "Bernoulli means p(x|z) per pixel for each latent")
+async def decode(name: str, service: ServiceDep,
+                 body: Annotated[DecodeRequest, Depends(body_of(DecodeRequest))]) -> Response:
+    entry = service.registry.ready_model(name, "decode")
+    z = latents_from_request(body.z, entry.latent_features, service.settings.max_images)
+    out = await service.inference.run(name, "decode", inputs=z, labels=body.y)
+    return json_response(_probs(out["probs"], entry, body.png, ProbsResponse))
+
+
+def _probs(probs: np.ndarray, entry: ModelEntry, png: bool, schema, **extra):
+    if png:
+        return schema(images_png=_pngs(probs, entry), **extra)
+    return schema(probs=probs.tolist(), **extra)
+
+
+@_op("sample", SampleRequest, SampleResponse, "Prior samples z ~ p(z) and their decoded means")
+async def sample(name: str, service: ServiceDep,
+                 body: Annotated[SampleRequest, Depends(body_of(SampleRequest))]) -> Response:
+    entry = service.registry.ready_model(name, "sample")
+    out = await service.inference.run(name, "sample", n=body.n, seed=body.seed, labels=body.y)
+    return json_response(_probs(out["probs"], entry, body.png, SampleResponse, z=out["z"].tolist()))
+
+
+@_op("reconstruct", ReconstructRequest, ProbsResponse, "Decoder means at the posterior mean of each image")
+async def reconstruct(name: str, service: ServiceDep,
+                      body: Annotated[ReconstructRequest, Depends(body_of(ReconstructRequest))]) -> Response:
+    x = _images(service, name, body)
+    out = await service.inference.run(name, "reconstruct", inputs=x)
+    return json_response(_probs(out["probs"], service.registry.get(name), body.png, ProbsResponse))
+
+
+@_op("elbo", ElboRequest, ElboResponse, "Per-image ELBO, log p(x|z) and KL from one posterior sample")
+async def elbo(name: str, service: ServiceDep,
+               body: Annotated[ElboRequest, Depends(body_of(ElboRequest))]) -> Response:
+    x = _images(service, name, body)
+    out = await service.inference.run(name, "elbo", inputs=x, seed=body.seed, finish={"beta": body.beta})
+    return json_response(ElboResponse(elbo=out["elbo"].tolist(), log_px=out["log_px"].tolist(),
+                                      kl=out["kl"].tolist(), beta=body.beta))
+
+
+@_op("iwae", IwaeRequest, IwaeResponse, "The importance-weighted bound L_K per image, and bits per dimension")
+async def iwae(name: str, service: ServiceDep,
+               body: Annotated[IwaeRequest, Depends(body_of(IwaeRequest))]) -> Response:
+    x = _images(service, name, body)
+    k = body.k or service.settings.default_k
+    out = await service.inference.run(name, "iwae", inputs=x, seed=body.seed, k=k)
+    return json_response(IwaeResponse(log_px=out["log_px"].tolist(), bits_per_dim=out["bits_per_dim"].tolist(), k=k))
+
+
+@_op("classify", ClassifyRequest, ClassifyResponse, "Class probabilities and the most probable label per image")
+async def classify(name: str, service: ServiceDep,
+                   body: Annotated[ClassifyRequest, Depends(body_of(ClassifyRequest))]) -> Response:
+    x = _images(service, name, body)
+    out = await service.inference.run(name, "classify", inputs=x)
+    classes = classes_of(service.registry.get(name).checkpoint) or list(range(out["probs"].shape[1]))
+    return json_response(ClassifyResponse(probs=out["probs"].tolist(), labels=out["labels"].tolist(), classes=classes))
+
+
+@_op("anomaly", AnomalyRequest, AnomalyResponse,
+     "Anomaly scores, percentiles against held-out normal images, and flags at a false-positive rate")
+async def anomaly(name: str, service: ServiceDep,
+                  body: Annotated[AnomalyRequest, Depends(body_of(AnomalyRequest))]) -> Response:
+    x = _images(service, name, body)
+    fpr = body.false_positive_rate
+    score = service.inference.anomaly_score(service.registry.ready_model(name, "anomaly"), body.score)
+    out = await service.inference.run(name, "anomaly", inputs=x, seed=body.seed, score=score,
+                                      finish={"false_positive_rate": fpr})
+    return json_response(AnomalyResponse(
+        scores=out["scores"].tolist(), percentiles=out["percentiles"].tolist(), is_anomaly=out["is_anomaly"].tolist(),
+        threshold=float(out["threshold"][0]), score=score, false_positive_rate=fpr))
+
+
+# --- benchmarking ------------------------------------------------------------------------------------
+
+benchmark = APIRouter(tags=["benchmark"], dependencies=[Depends(require_token)])
+
+
+@benchmark.post("/benchmark/noop", response_model=NoopResponse,
+                summary="Read and parse a JSON body, then answer: the HTTP floor (VAE_BENCHMARK_ENDPOINTS=1)")
+async def noop(body=Depends(read_json)) -> NoopResponse:
+    if not isinstance(body, dict):
+        raise ServiceError("body: expected a JSON object")
+    return NoopResponse(fields=len(body))

@@ -1,0 +1,214 @@
+"""Request and response bodies of the REST API, with the examples shown at /docs.
+
+Image and latent fields are typed loosely here (`list[Any]`) and checked in `service.images` with
+numpy: pydantic would validate 200,000 numbers one by one, and numpy names the problem just as well.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+# A real test digit (a 0 from the embedded MNIST set) as a 28×28 greyscale PNG, for /docs examples.
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA+UlEQVR42mNgGHhgPP/vfCMccgbv/vz58xa7nNnjv3/ev/xjyYYpxWXz4M/f"
+    "P6dC/vytgggwIUnOPCDDwMBgxHOQQRdD0tibkfFQKeOL85OYGLG5ZTOPd6UoA8Pfz2gOVlv69+WFEAj775+lKHLsm/58cBeWgUkeRpG0/PPH"
+    "Hs5Blzz2dx+C8//vEWTX+hj834SQ/Pf/ArLG0D/PJOHWt//dxYMqeR8u1/znoTsDquREmHeX/lmLFgJhfx9CGEXv/i5CD57QPz8nGciGbnr4"
+    "9/5yC0zJP3+eXv/z58+RJszYkjn+58/fP39eTsQazZINf/7+6VUd+HQKAKxwbkTy8Ab1AAAAAElFTkSuQmCC"
+)
+# A flat 784-pixel image: a vertical bar, like a "1".
+EXAMPLE_IMAGE = [1.0 if 12 <= i % 28 <= 15 and 4 <= i // 28 <= 23 else 0.0 for i in range(784)]
+
+Seed = Annotated[int | None, Field(None, ge=0, le=2**63 - 1,
+                                   description="seed of this request's noise: same seed, same answer, batched or not")]
+ImagesField = Annotated[
+    list[Any] | None,
+    WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "array", "items": {
+        "anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]}}}, {"type": "null"}]}),
+    Field(None, description="images, each a flat list of H·W numbers or an H×W nested list, values in [0, 1]"),
+]
+PngField = Annotated[list[str] | None, Field(None, description="images as base64-encoded greyscale PNGs of H×W pixels")]
+PngFlag = Annotated[bool, Field(False, description="return images_png (base64 8-bit PNGs) instead of probs")]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what was expected and what arrived")
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImagesRequest(_Request):
+    """Exactly one of `images` and `images_png` (or PNG files uploaded as multipart field `images`)."""
+
+    images: ImagesField
+    images_png: PngField
+
+
+def _examples(*examples: dict) -> dict:
+    return {"examples": list(examples)}
+
+
+class NoParams(_Request):
+    """Operations without parameters."""
+
+
+class EncodeParams(_Request):
+    num_samples: int = Field(0, ge=0, description="posterior samples z ~ q(z|x) to draw per image")
+    seed: Seed
+
+
+class EncodeRequest(ImagesRequest, EncodeParams):
+    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG], "num_samples": 2, "seed": 0}))
+
+
+class EncodeResponse(BaseModel):
+    """The posterior's parameters per image (`mu`, `sigma` for the Gaussian kind; see the model's
+    `describe.encode_outputs`) and, if asked, `z`: num_samples latent samples per image."""
+
+    model_config = ConfigDict(extra="allow")
+    mu: list[list[float]] | None = None
+    sigma: list[list[float]] | None = None
+    z: list[list[list[float]]] | None = None
+
+
+class DecodeRequest(_Request):
+    model_config = ConfigDict(json_schema_extra=_examples({"z": [[0.0, 0.0], [1.5, -0.5]]}))
+    z: Annotated[list[Any], WithJsonSchema({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}),
+                 Field(description="latent vectors, each of the model's latent size")]
+    y: list[int] | None = Field(None, description="class labels, one per latent (conditional kinds only)")
+    png: PngFlag
+
+
+class ProbsResponse(BaseModel):
+    probs: list[list[float]] | None = Field(None, description="Bernoulli means per pixel, flat H·W per row")
+    images_png: list[str] | None = Field(None, description="the same as 8-bit greyscale PNGs, when png=true")
+
+
+class SampleParams(_Request):
+    seed: Seed
+
+
+class SampleRequest(SampleParams):
+    model_config = ConfigDict(json_schema_extra=_examples({"n": 4, "seed": 0}))
+    n: int = Field(1, ge=1, description="how many samples")
+    y: int | list[int] | None = Field(None, description="class label(s) to sample (conditional kinds only)")
+    png: PngFlag
+
+
+class SampleResponse(ProbsResponse):
+    z: list[list[float]] = Field(description="the prior samples z ~ p(z)")
+
+
+class ReconstructRequest(ImagesRequest):
+    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG]},
+                                                          {"images": [EXAMPLE_IMAGE], "png": True}))
+    png: PngFlag
+
+
+class ElboParams(_Request):
+    beta: float = Field(1.0, ge=0, allow_inf_nan=False, description="weight of the KL term in elbo")
+    seed: Seed
+
+
+class ElboRequest(ImagesRequest, ElboParams):
+    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG], "seed": 0},
+                                                          {"images": [EXAMPLE_IMAGE], "beta": 0.5}))
+
+
+class ElboResponse(BaseModel):
+    elbo: list[float] = Field(description="log_px − beta·kl per image (nats); with beta=1, the ELBO")
+    log_px: list[float] = Field(description="log p(x|z) at one sample z ~ q(z|x)")
+    kl: list[float] = Field(description="KL(q(z|x) || p(z)), as the model was trained to estimate it")
+    beta: float
+
+
+class IwaeParams(_Request):
+    k: int | None = Field(None, ge=1, description="importance samples (default VAE_DEFAULT_K, at most VAE_MAX_K)")
+    seed: Seed
+
+
+class IwaeRequest(ImagesRequest, IwaeParams):
+    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG], "k": 100, "seed": 0}))
+
+
+class IwaeResponse(BaseModel):
+    log_px: list[float] = Field(description="L_K per image: a lower bound on log p(x) (nats)")
+    bits_per_dim: list[float] = Field(description="−L_K / (H·W · ln 2)")
+    k: int
+
+
+class ClassifyRequest(ImagesRequest):
+    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG]}))
+
+
+class ClassifyResponse(BaseModel):
+    probs: list[list[float]] = Field(description="class probabilities per image, columns in the order of classes")
+    labels: list[int] = Field(description="the most probable class per image")
+    classes: list[int]
+
+
+class AnomalyParams(_Request):
+    false_positive_rate: float = Field(0.01, gt=0, lt=1, description="share of normal images to flag")
+    score: str | None = Field(None, description="a calibrated score (GET /models/{name}); default: the model's")
+    seed: Seed
+
+
+class AnomalyRequest(ImagesRequest, AnomalyParams):
+    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG], "seed": 0},
+                                                          {"images": [EXAMPLE_IMAGE], "false_positive_rate": 0.05}))
+
+
+class AnomalyResponse(BaseModel):
+    scores: list[float] = Field(description="anomaly score per image (higher: more anomalous)")
+    percentiles: list[float] = Field(description="percent of held-out normal images scoring at most this")
+    is_anomaly: list[bool] = Field(description="score > threshold")
+    threshold: float = Field(description="the score flagging false_positive_rate of normal images")
+    score: str
+    false_positive_rate: float
+
+
+class Health(BaseModel):
+    status: str
+    reason: str | None = None
+
+
+class ModelSummary(BaseModel):
+    name: str
+    kind: str | None
+    ready: bool
+    error: str | None = None
+    operations: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class ScoreInfo(BaseModel):
+    threshold: float = Field(description="score threshold at the default false-positive rate")
+    false_positive_rate: float
+    n: int = Field(description="held-out normal images the calibration comes from")
+    params: dict[str, Any]
+
+
+class AnomalyInfo(BaseModel):
+    default: str
+    scores: dict[str, ScoreInfo]
+
+
+class ModelDetail(ModelSummary):
+    path: str
+    input_shape: list[int] | None = None
+    latent_features: int | None = None
+    describe: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    classes: list[int] | None = None
+    anomaly: AnomalyInfo | None = None
+
+
+class NoopResponse(BaseModel):
+    fields: int = Field(description="how many top-level fields the JSON body had")

@@ -1,0 +1,37 @@
+"""What one app holds (settings, models, batchers, metrics) and the dependency handing it to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.batching import ArrivalGate
+from service.inference import Inference
+from service.metrics import Metrics
+from service.registry import Registry
+from service.settings import Settings
+
+
+@dataclass
+class Service:
+    settings: Settings
+    registry: Registry
+    inference: Inference
+    metrics: Metrics
+    gate: ArrivalGate
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Service":
+        registry = Registry(settings)
+        metrics = Metrics()
+        gate = ArrivalGate()
+        return cls(settings, registry, Inference(settings, registry, metrics, gate), metrics, gate)
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]

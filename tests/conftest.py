@@ -1,0 +1,104 @@
+"""Fixtures shared across the test suite: a tiny trained run (once per test run) and a way to drive
+the service's ASGI app from synchronous tests."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+TINY_RUN = dict(hidden=(32,), latent_features=2, epochs=1, batch_size=128, train_subset=500,
+                eval_k=10, calibration_k=10, seed=3, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A complete run directory of a tiny Gaussian VAE on the embedded data, trained once per session.
+
+    Treat it as read-only; copy it (`shutil.copytree`) to damage or extend it.
+    """
+    from model.config import TrainConfig
+    from model.data import DataBundle, Split, load_data
+    from model.train import train
+
+    config = TrainConfig(**TINY_RUN)
+    data = load_data(config)
+    # Fewer held-out images than the data set has: evaluation and calibration dominate the time.
+    data = DataBundle(data.train, Split(data.validation.x[:60], data.validation.y[:60]),
+                      Split(data.test.x[:200], data.test.y[:200]), data.binarize)
+    return train(config, tmp_path_factory.mktemp("tiny-run") / "tiny", progress=False, data=data)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_run, tmp_path_factory) -> Path:
+    """A model directory holding only the tiny run, named `tiny`."""
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(tiny_run, root / "tiny")
+    return root
+
+
+class AsgiClient:
+    """Drives an ASGI app (lifespan included) on its own event loop thread, through httpx.
+
+    `client.get(...)`/`client.post(...)` are synchronous; `client.gather([...])` sends several
+    requests concurrently, so the app sees them at once (dynamic batching).
+    """
+
+    def __init__(self, app):
+        import httpx
+
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._lifespan = app.router.lifespan_context(app)
+        self.run(self._lifespan.__aenter__())
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
+                                        timeout=60)
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def request(self, method: str, url: str, **kwargs):
+        return self.run(self.client.request(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs):
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs):
+        return self.request("POST", url, **kwargs)
+
+    def gather(self, requests: list[tuple[str, str, dict]]):
+        """Send (method, url, kwargs) requests concurrently; responses in the same order."""
+        async def all_at_once():
+            return await asyncio.gather(*(self.client.request(m, u, **kw) for m, u, kw in requests))
+
+        return self.run(all_at_once())
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.run(self.client.aclose())
+        self.run(self._lifespan.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def asgi_client():
+    """A factory: `asgi_client(app)` starts the app's lifespan and returns an `AsgiClient`,
+    closed (lifespan shutdown included) at the end of the session."""
+    clients = []
+
+    def start(app) -> AsgiClient:
+        client = AsgiClient(app)
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.close()
