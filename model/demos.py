@@ -4,6 +4,9 @@
    (the course's example: p = N(5, 1), q = N(1, 3), f(z) = z), and what a poor proposal does.
 2. The bound ordering log p(x) ≥ L_{K+1} ≥ L_K ≥ L_1 = ELBO on a trained model, for K = 1 … 5,000
    (Burda et al. 2015, Theorem 1). For two latent units log p(x) itself is computed by quadrature.
+
+And for exercise 2.1, why the reparameterization trick: the spread of the pathwise gradient
+∇_mu E_q[log p(x|z)] against the score-function (REINFORCE) estimator of the same gradient.
 """
 
 from __future__ import annotations
@@ -199,6 +202,60 @@ def plot_bound_ordering(result: dict, path: Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
+# --- 3. the reparameterization trick ----------------------------------------------------------
+
+def gradient_estimators(model, x: Tensor, samples: int = 2000, seed: int = 0) -> dict:
+    """Per-sample estimates of ∇_mu E_q(z|x)[log p(x|z)] for one image x (1, ...), two ways.
+
+    pathwise (reparameterized): z = mu + sigma·eps, gradient through the decoder;
+    score function: log p(x|z) · ∇_mu log q(z|x) = log p(x|z) (z − mu) / sigma², z held fixed, with and
+    without the sample-mean baseline. All three are unbiased; their spreads differ.
+    Returns per latent unit: mean and std of each estimator over `samples` draws. The baseline uses
+    the same draws (a slight bias, irrelevant next to the spreads compared).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        qz = model.posterior(x)
+    mu, sigma = qz.mu.detach(), qz.sigma.detach()  # (1, D)
+    eps = torch.randn(samples, mu.shape[1], generator=generator)
+    mu_rows = mu.expand(samples, -1).clone().requires_grad_(True)  # each row feeds only its own sample
+    z = mu_rows + sigma * eps
+    log_px = model.observation_model(z).log_prob(x.expand(samples, *x.shape[1:])).flatten(1).sum(1)  # (S,)
+    (pathwise,) = torch.autograd.grad(log_px.sum(), mu_rows)  # (S, D)
+    f = log_px.detach()[:, None]
+    score = (z.detach() - mu) / sigma.pow(2)  # ∇_mu log q(z|x)
+    estimators = {"pathwise": pathwise, "score_function": f * score, "score_function_baseline": (f - f.mean()) * score}
+    out = {"samples": samples, "seed": seed, "sigma": sigma[0].tolist(), "units": {}}
+    for name, values in estimators.items():
+        out["units"][name] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist()}
+    out["std_ratio_score_over_pathwise"] = [
+        s / p for s, p in zip(out["units"]["score_function"]["std"], out["units"]["pathwise"]["std"])]
+    out["std_ratio_baseline_over_pathwise"] = [
+        s / p for s, p in zip(out["units"]["score_function_baseline"]["std"], out["units"]["pathwise"]["std"])]
+    return out
+
+
+def plot_gradient_estimators(results: list[dict], path: Path) -> Path:
+    """Std of each estimator per image (latent unit 1), log scale: one marker per image."""
+    from model.plots import pyplot, save_figure
+
+    plt = pyplot()
+    names = ("pathwise", "score_function_baseline", "score_function")
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for i, name in enumerate(names):
+        stds = [r["units"][name]["std"][d] for r in results for d in range(len(r["sigma"]))]
+        ax.scatter(np.full(len(stds), i) + np.linspace(-0.2, 0.2, len(stds)), stds, s=8, color=f"C{i}")
+        ax.plot([i - 0.3, i + 0.3], [np.median(stds)] * 2, color="k", lw=1)
+    ax.set_xticks(range(len(names)), ["pathwise\n(reparameterized)", "score function\nwith baseline",
+                                      "score function"], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("std of one-sample gradient estimate")
+    ax.set_title(f"∂/∂mu E_q[log p(x|z)]: {len(results)} test images × every latent unit, "
+                 f"{results[0]['samples']} draws each (bar: median)", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)
+
+
 # --- command ---------------------------------------------------------------------------------
 
 def _importance_command(args: argparse.Namespace) -> int:
@@ -244,6 +301,32 @@ def _bounds_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reparameterization_command(args: argparse.Namespace) -> int:
+    from model.artefacts import write_json
+    from model.checkpoint import load_model
+    from model.data import load_data
+
+    model, config = load_model(args.run_dir)
+    data = load_data(config.replace(data_dir=args.data_dir) if args.data_dir else config)
+    rows = []
+    out = Path(args.out) if args.out else Path(args.run_dir) / "demos"
+    for i in range(args.images):
+        rows.append(gradient_estimators(model, data.test.x[i:i + 1], args.samples, seed=args.seed + i))
+    plot_gradient_estimators(rows, out / "reparameterization.png")
+    ratios = np.array([r["std_ratio_score_over_pathwise"] for r in rows])  # (images, D)
+    baseline = np.array([r["std_ratio_baseline_over_pathwise"] for r in rows])
+    summary = {"run": str(args.run_dir), "images": args.images, "samples": args.samples,
+               "median_std_ratio_score_over_pathwise": float(np.median(ratios)),
+               "median_std_ratio_baseline_over_pathwise": float(np.median(baseline)),
+               "min_std_ratio_baseline_over_pathwise": float(baseline.min()), "per_image": rows}
+    write_json(out / "reparameterization.json", summary)
+    print(f"std of the score-function gradient / std of the pathwise gradient over {args.images} test images "
+          f"and every latent unit: median {summary['median_std_ratio_score_over_pathwise']:.1f} without a "
+          f"baseline, {summary['median_std_ratio_baseline_over_pathwise']:.1f} with one "
+          f"(smallest {summary['min_std_ratio_baseline_over_pathwise']:.1f}); written to {out}")
+    return 0
+
+
 def register(commands) -> None:
     demo = commands.add_parser("demo", help="the supplementary material's demonstrations")
     demos = demo.add_subparsers(dest="demo", required=True, metavar="DEMO")
@@ -261,3 +344,11 @@ def register(commands) -> None:
     bounds.add_argument("--data-dir", help="where the run's data set lives, if not where its config says")
     bounds.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     bounds.set_defaults(handler=_bounds_command)
+    reparam = demos.add_parser("reparameterization", help="pathwise against score-function gradients on a run")
+    reparam.add_argument("run_dir")
+    reparam.add_argument("--out", help="folder for the JSON and PNG (default: RUN_DIR/demos)")
+    reparam.add_argument("--images", type=int, default=20, help="test images (default: 20)")
+    reparam.add_argument("--samples", type=int, default=2000, help="draws per estimator and image (default: 2000)")
+    reparam.add_argument("--seed", type=int, default=0)
+    reparam.add_argument("--data-dir", help="where the run's data set lives, if not where its config says")
+    reparam.set_defaults(handler=_reparameterization_command)

@@ -56,7 +56,7 @@ def image_grid(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
         raise ValueError(f"expected grey images of shape (N, 1, H, W), got {tuple(images.shape)}")
     n, _, h, w = images.shape
     rows = math.ceil(n / nrow)
-    grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad), 0.25, dtype=np.float32)  # light grey lines
     for i in range(n):
         r, c = divmod(i, nrow)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i, 0]

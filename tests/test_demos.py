@@ -55,3 +55,16 @@ def test_bounds_rise_with_k_towards_log_px(tmp_path):
     assert result["monotone"] and bounds == sorted(bounds)
     assert bounds[-1] - bounds[0] > 3 * result["rows"][-1]["gain_se"]  # a real gain, not noise
     assert result["quadrature_log_px"] >= bounds[-1] - 0.5  # log p(x) >= L_K, within quadrature error
+
+
+def test_pathwise_and_score_function_gradients_agree_in_mean_and_differ_in_spread():
+    from model.demos import gradient_estimators
+
+    torch.manual_seed(0)
+    model = VariationalAutoencoder((1, 4, 4), latent_features=2, hidden=(8,))
+    x = torch.rand(1, 1, 4, 4)
+    result = gradient_estimators(model, x, samples=20_000, seed=1)
+    pathwise, score = result["units"]["pathwise"], result["units"]["score_function_baseline"]
+    for d in range(2):  # both unbiased: means agree within 4 standard errors of the noisier one
+        assert abs(pathwise["mean"][d] - score["mean"][d]) < 4 * score["std"][d] / math.sqrt(20_000)
+        assert pathwise["std"][d] < score["std"][d] < result["units"]["score_function"]["std"][d]
