@@ -175,3 +175,13 @@ def test_invalid_categorical_settings_are_named():
         TrainConfig(kind="categorical", categories=1)
     with pytest.raises(ValueError, match="temperature_min"):
         TrainConfig(kind="categorical", temperature=0.5, temperature_min=1.0)
+
+
+def test_kind_plots_draw_codes_and_usage(run, tmp_path):
+    from model.kind_plots import KIND_PLOTS
+
+    checkpoint = load_checkpoint(run)
+    test = load_data(checkpoint.config).test
+    paths = KIND_PLOTS["categorical"](checkpoint.model, checkpoint.config, test, tmp_path)
+    assert [p.name for p in paths] == ["category_codes.png", "category_usage.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

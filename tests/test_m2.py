@@ -158,3 +158,13 @@ def test_cli_takes_labels(tmp_path):
     assert code == 0
     assert load_checkpoint(tmp_path / "m2").evaluation["kind"]["training_labels"] == 20
     assert main(["train", "--kind", "m2", "--labels", "0", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_kind_plots_draw_conditional_generation_and_analogies(run, tmp_path):
+    from model.kind_plots import KIND_PLOTS
+
+    checkpoint = load_checkpoint(run)
+    test = load_data(checkpoint.config).test
+    paths = KIND_PLOTS["m2"](checkpoint.model, checkpoint.config, test, tmp_path)
+    assert [p.name for p in paths] == ["conditional_generation.png", "analogies.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

@@ -1,0 +1,156 @@
+"""Plots only the categorical and M2 kinds have, as PNG files (matplotlib, Agg backend).
+
+`KIND_PLOTS[kind](model, config, test, out_dir)` draws them all for a run and returns the paths;
+`vae plot` calls it after the plots every kind shares (model.plots).
+
+- categorical: `plot_category_codes` (what each category of each variable draws) and
+  `plot_category_usage` (mean q(c|x) over the test set).
+- m2: `plot_conditional_generation` (a row per class, a column per style z) and
+  `plot_analogies` (test images' styles, redrawn as every class; Kingma et al. 2014, Fig. 1).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.noise import RowwiseNoise
+
+DPI = 80
+MAX_VARIABLES_SHOWN = 20  # rows of the category-code grid
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    from model.artefacts import atomic_write
+
+    path = Path(path)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    _pyplot().close(fig)
+    return path
+
+
+def _tile(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
+    """Images (R·nrow, 1, H, W) in [0, 1], row-major, as one (R·(H+pad)+pad, nrow·(W+pad)+pad) array."""
+    images = images.detach().cpu().float()
+    n, _, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i, 0]
+    return grid
+
+
+def _image_grid_figure(images: Tensor, nrow: int, row_labels: list[str], col_labels: list[str], title: str):
+    plt = _pyplot()
+    rows = math.ceil(images.shape[0] / nrow)
+    h, w = images.shape[-2:]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * nrow, 0.8 + 0.5 * rows))
+    ax.imshow(_tile(images, nrow), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([1 + (w + 1) * i + w / 2 for i in range(nrow)], col_labels, fontsize=7)
+    ax.set_yticks([1 + (h + 1) * i + h / 2 for i in range(rows)], row_labels, fontsize=7)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+# --- categorical ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def plot_category_codes(model, path: Path, seed: int = 0) -> Path:
+    """What each code means: row n, column c decodes a base code with variable n set to category c.
+
+    The base code is one draw from the prior (seeded), with the Gaussian units at 0.
+    """
+    base = model.sample(1, noise=RowwiseNoise([seed], [1]))["z"]  # (1, N·C + G)
+    if model.gaussian_features:
+        base[:, -model.gaussian_features:] = 0.0
+    n_shown = min(model.variables, MAX_VARIABLES_SHOWN)
+    codes = base.repeat(n_shown * model.categories, 1)
+    for n in range(n_shown):
+        block = slice(n * model.categories, (n + 1) * model.categories)
+        codes[n * model.categories:(n + 1) * model.categories, block] = torch.eye(model.categories)
+    images = model.decode(codes.to(next(model.parameters()).device))
+    fig = _image_grid_figure(images, model.categories, [f"c{n + 1}" for n in range(n_shown)],
+                             [str(c) for c in range(model.categories)],
+                             "each category of each variable, the others fixed")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_category_usage(model, x: Tensor, path: Path) -> Path:
+    """Mean q(c_n = k | x) over `x`, one row per variable, and each variable's usage perplexity.
+
+    A perplexity of C means every category is used equally often; 1 means the variable is unused.
+    """
+    probs = model.encode(x.to(next(model.parameters()).device))["probs"].mean(0).cpu()  # (N, C)
+    perplexity = torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum(-1))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * model.categories, 1.0 + 0.3 * model.variables))
+    image = ax.imshow(probs.numpy(), cmap="viridis", vmin=0, aspect="auto")
+    ax.set_xlabel("category")
+    ax.set_yticks(range(model.variables), [f"c{n + 1}  ({p:.1f})" for n, p in enumerate(perplexity.tolist())],
+                  fontsize=7)
+    ax.set_title(f"mean q(c|x) over {x.shape[0]} test images (usage perplexity)", fontsize=9)
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def plot_categorical_run(model, config, test, out_dir: Path, images: int = 2000) -> list[Path]:
+    out_dir = Path(out_dir)
+    return [plot_category_codes(model, out_dir / "category_codes.png", seed=config.seed),
+            plot_category_usage(model, test.x[:images], out_dir / "category_usage.png")]
+
+
+# --- M2 ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def plot_conditional_generation(model, path: Path, styles: int = 10, seed: int = 0) -> Path:
+    """p(x|y, z): one row per class, one column per style z ~ p(z), the same z down each column."""
+    device = next(model.parameters()).device
+    z = model.sample(styles, noise=RowwiseNoise([seed], [styles]), y=model.class_labels[0])["z"]  # (S, D)
+    labels = model.class_labels.tolist()
+    images = torch.cat([model.decode(z.to(device), y=label) for label in labels])  # (C·S, 1, H, W)
+    fig = _image_grid_figure(images, styles, [str(label) for label in labels], [f"z{s + 1}" for s in range(styles)],
+                             "conditional generation: a row per class, a column per style")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_analogies(model, x: Tensor, path: Path) -> Path:
+    """Each test image (first column) and its style, mean of q(z|x, ŷ), drawn as every class."""
+    device = next(model.parameters()).device
+    x = x.to(device)
+    mu = model.encode(x)["mu"]  # (B, D)
+    labels = model.class_labels.tolist()
+    columns = [x.reshape(x.shape[0], *model.input_shape)] + [model.decode(mu, y=label) for label in labels]
+    images = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: (B·(C+1), 1, H, W)
+    fig = _image_grid_figure(images, len(labels) + 1, [""] * x.shape[0], ["x"] + [str(label) for label in labels],
+                             "analogies: the style of x, drawn as each class")
+    return _save(fig, path)
+
+
+def plot_m2_run(model, config, test, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    first_of_each_class = [int(torch.nonzero(test.y == c)[0]) for c in torch.unique(test.y)]
+    return [plot_conditional_generation(model, out_dir / "conditional_generation.png", seed=config.seed),
+            plot_analogies(model, test.x[first_of_each_class], out_dir / "analogies.png")]
+
+
+KIND_PLOTS = {"categorical": plot_categorical_run, "m2": plot_m2_run}
