@@ -10,14 +10,14 @@
 #   VAE_TRAIN_DEVICE     auto, cpu or cuda (default: the CLI's, auto)
 #   VAE_TRAIN_ARGS       more `vae train` flags, split on whitespace, e.g. "--epochs 20 --seed 1"
 #   VAE_TRAIN_OVERWRITE  1: train afresh even over a complete run (for `docker compose run train`)
-#   VAE_LOG_LEVEL        log level of `vae` (default: INFO)
+#   VAE_LOG_LEVEL        log level of `vae` (default: info)
 set -eu
 
 name=${VAE_TRAIN_NAME:-default}
 dataset=${VAE_TRAIN_DATASET:-embedded}
 out="/runs/$name"
 
-set -- vae --log-level "${VAE_LOG_LEVEL:-INFO}" train --dataset "$dataset" --out "$out" --quiet
+set -- vae --log-level "${VAE_LOG_LEVEL:-info}" train --dataset "$dataset" --out "$out" --quiet
 if [ "${VAE_TRAIN_OVERWRITE:-0}" = 1 ]; then
     set -- "$@" --overwrite
 elif [ -f "$out/checkpoint.json" ]; then

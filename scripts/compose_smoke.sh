@@ -30,6 +30,8 @@ SERVE_LIMIT_BYTES=$((1500 * 1000 * 1000))
 PROJECT="vae-smoke-$(date +%s)-$$"
 export COMPOSE_PROJECT_NAME=$PROJECT
 export VAE_IMAGE_PREFIX=vae-lab-smoke VAE_IMAGE_TAG=latest
+# Compose would rather build through buildx bake; without buildx it falls back (with a warning).
+export COMPOSE_BAKE=${COMPOSE_BAKE:-false}
 # The api on a free loopback port, so the smoke never fights over 8000 (and replicas can scale).
 export VAE_API_PORTS=127.0.0.1::8000 VAE_PROXY_PORT=127.0.0.1:
 WORK=$(mktemp -d /tmp/vae-smoke.XXXXXX)
