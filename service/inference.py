@@ -121,10 +121,17 @@ class Inference:
     def warm_up(self, entry: ModelEntry, operation: str) -> Outputs:
         """One synthetic request through the same path (minus the queue), for the registry."""
         op = OPERATIONS[operation]
-        shape = (1, *entry.input_shape) if op.input == "images" else (1, entry.latent_features or 1)
-        inputs = None if op.input == "n" else np.full(shape, 0.5 if op.input == "images" else 0.0, np.float32)
+        inputs, labels = None, None
+        if op.input == "images":
+            inputs = np.full((1, *entry.input_shape), 0.5, np.float32)
+        elif op.input == "z":
+            # A latent the model itself produced is valid whatever its layout (e.g. one-hot blocks).
+            (prior,) = run_batch(entry.checkpoint, "sample", [self.call(entry, "sample", n=1, seed=0)])
+            inputs = prior["z"]
+            if "y" in prior and "y" in inspect.signature(entry.checkpoint.model.decode).parameters:
+                labels = prior["y"]
         params = {"encode": {"num_samples": 1}, "iwae": {"k": 2}}.get(operation, {})
-        call = self.call(entry, operation, inputs=inputs, n=1, seed=0, **params)
+        call = self.call(entry, operation, inputs=inputs, n=1, seed=0, labels=labels, **params)
         (outputs,) = run_batch(entry.checkpoint, operation, [call])
         finish = {"anomaly": {"score": dict(call.key).get("score"), "false_positive_rate": 0.01}}.get(operation, {})
         return OPERATIONS[operation].finish(entry.checkpoint, outputs, **finish)

@@ -10,6 +10,7 @@ little-endian bytes after the JSON header (`Inference-Header-Content-Length`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import zlib
@@ -114,8 +115,12 @@ def _input_specs(entry: ModelEntry, operation: str) -> list[dict]:
     if kind == "images":
         return [{"name": "images", "datatype": "FP32", "shape": [-1, math.prod(entry.input_shape)]}]
     if kind == "z":
-        return [{"name": "z", "datatype": "FP32", "shape": [-1, entry.latent_features or -1]}]
-    return [{"name": "n", "datatype": "INT64", "shape": [1]}]
+        specs = [{"name": "z", "datatype": "FP32", "shape": [-1, entry.latent_features or -1]}]
+    else:
+        specs = [{"name": "n", "datatype": "INT64", "shape": [1]}]
+    if "y" in inspect.signature(getattr(entry.checkpoint.model, operation)).parameters:
+        specs.append({"name": "y", "datatype": "INT64", "shape": [-1]})  # class labels of conditional kinds
+    return specs
 
 
 def _output_specs(entry: ModelEntry, operation: str) -> list[dict]:

@@ -23,6 +23,7 @@ from model.checkpoint import Checkpoint
 from model.noise import RowwiseNoise
 from model.objectives import iwae_bound
 from model.scores import SCORES
+from service.errors import BadInputError
 
 InputKind = Literal["images", "z", "n"]
 
@@ -89,7 +90,7 @@ def _decode(ck: Checkpoint, z, labels, noise):
 
 def _sample(ck: Checkpoint, n: int, labels, noise):
     out = ck.model.sample(n, noise=noise, **_class_kwargs(ck.model.sample, labels))
-    return {"z": out["z"], "probs": _flat(out["probs"])}
+    return {**out, "probs": _flat(out["probs"])}  # z, probs, and e.g. M2's labels y
 
 
 def _reconstruct(ck: Checkpoint, x, labels, noise):
@@ -186,8 +187,14 @@ def run_batch(ck: Checkpoint, operation: str, calls: list[Call]) -> list[Outputs
     else:
         x = torch.from_numpy(np.concatenate([c.inputs for c in calls])).to(device)
     # no_grad, not inference_mode: some scores (likelihood regret) optimise inside with enable_grad.
-    with torch.no_grad():
-        out = op.forward(ck, x, labels, noise, **dict(key))
+    try:
+        with torch.no_grad():
+            out = op.forward(ck, x, labels, noise, **dict(key))
+    except ValueError as error:
+        # The library's way of saying an input does not fit the model, e.g. a categorical latent off
+        # the simplex: the client's mistake. (The batcher reruns a failed pass call by call, so
+        # only the request at fault gets this.)
+        raise BadInputError(f"{operation}: {error}") from None
     arrays = {name: value.detach().cpu().numpy() for name, value in out.items()}
     for name, value in arrays.items():
         assert value.shape[0] == sum(sizes), f"{operation} output {name} has {value.shape[0]} rows, not {sum(sizes)}"

@@ -140,7 +140,8 @@ async def sample(name: str, service: ServiceDep,
                  body: Annotated[SampleRequest, Depends(body_of(SampleRequest))]) -> Response:
     entry = service.registry.ready_model(name, "sample")
     out = await service.inference.run(name, "sample", n=body.n, seed=body.seed, labels=body.y)
-    return json_response(_probs(out["probs"], entry, body.png, SampleResponse, z=out["z"].tolist()))
+    extra = {k: v.tolist() for k, v in out.items() if k != "probs"}
+    return json_response(_probs(out["probs"], entry, body.png, SampleResponse, **extra))
 
 
 @_op("reconstruct", ReconstructRequest, ProbsResponse, "Decoder means at the posterior mean of each image")

@@ -99,6 +99,9 @@ class SampleRequest(SampleParams):
 
 
 class SampleResponse(ProbsResponse):
+    """Prior samples `z` and their decoded means; conditional kinds (M2) also return the labels `y`."""
+
+    model_config = ConfigDict(extra="allow")
     z: list[list[float]] = Field(description="the prior samples z ~ p(z)")
 
 
