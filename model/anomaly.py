@@ -6,6 +6,8 @@ images (few strokes, much black) are likely under any pixel model. The scores he
 "simplicity" term in three published ways:
 
 - `input_complexity`: −log p(x) minus the length of a lossless compression of x (Serrà et al. 2020);
+- `excess`: the same correction in the likelihood's own units: −log p(x) minus the least −log p(x)
+  any Bernoulli decoder can reach on x, the entropy of its grey levels;
 - `likelihood_ratio`: −log p(x) + log p_bg(x), with p_bg a background model trained on perturbed
   inputs (Ren et al. 2019);
 - `likelihood_regret`: how much the ELBO of x improves when its posterior is optimised for x alone
@@ -66,6 +68,31 @@ def input_complexity(model: nn.Module, x: Tensor, *, k: int = 100, noise: Noise 
     likelihood ratio against a universal compressor.
     """
     return -iwae_bound(model, x, k, noise=noise) - math.log(2) * complexity_bits(x)
+
+
+def input_entropy(x: Tensor) -> Tensor:
+    """Σ_i H(x_i) in nats: −log p(x) under the Bernoulli whose means are the pixels of x themselves.
+
+    With grey levels as soft Bernoulli targets, −log p(x|z) = Σ_i [H(x_i) + KL(x_i ‖ p_i(z))], so
+    this is the floor under every decoder's −log p(x|z): zero for a binary image, large for one
+    full of grey. Args: x (B, ...) in [0, 1]. Returns: (B,).
+    """
+    p = x.reshape(x.shape[0], -1).clamp(0, 1)
+    return (torch.special.entr(p) + torch.special.entr(1 - p)).sum(1)
+
+
+def excess(model: nn.Module, x: Tensor, *, k: int = 100, noise: Noise | None = None,
+           companions: Mapping[str, nn.Module] | None = None) -> Tensor:
+    """−log p(x) − Σ_i H(x_i): the likelihood in excess of the input's own entropy, in nats.
+
+    Serrà et al.'s correction (S = −log p(x) − L(x), eq. 2) with L(x) measured in the likelihood's
+    own units: a compressor's 8-bit code length is on another scale than a soft-target Bernoulli
+    likelihood (thousands of nats against hundreds), so `input_complexity` is dominated by L(x).
+    Here L(x) is the code length of x under the ideal pixel-wise Bernoulli code, an exact lower
+    bound of −log p(x|z); what remains is Σ_i KL(x_i ‖ p_i) plus the latent terms: how far the
+    model is from x, not how grey x is. For the Bernoulli-likelihood kinds; −log p(x) is −L_K(x).
+    """
+    return -iwae_bound(model, x, k, noise=noise) - input_entropy(x)
 
 
 # --- likelihood ratio against a background model (Ren et al. 2019) -----------------------------

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from model.anomaly import KINDS, NEEDS, input_complexity, likelihood_ratio, likelihood_regret
+from model.anomaly import KINDS, NEEDS, excess, input_complexity, likelihood_ratio, likelihood_regret
 from model.noise import Noise
 from model.objectives import iwae_bound
 
@@ -43,6 +43,7 @@ SCORES: dict[str, ScoreFn] = {
     "elbo": negative_elbo,
     "reconstruction": reconstruction_error,
     "complexity": input_complexity,
+    "excess": excess,
     "likelihood_ratio": likelihood_ratio,
     "likelihood_regret": likelihood_regret,
 }

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.anomaly import (BACKGROUND, complexity_bits, fit_companions, fit_model, input_complexity,
-                           likelihood_ratio, likelihood_regret, perturb)
+from model.anomaly import (BACKGROUND, complexity_bits, excess, fit_companions, fit_model, input_complexity,
+                           input_entropy, likelihood_ratio, likelihood_regret, perturb)
 from model.bench import QUICK, auroc, run
 from model.calibration import AnomalyCalibration
 from model.checkpoint import load_companions, save_companions
@@ -55,6 +55,22 @@ def test_input_complexity_is_the_nll_minus_the_code_length_in_nats(trained, digi
     x = digits[1].x[:8]
     expected = negative_iwae(trained, x, k=1, noise=ZeroNoise()) - math.log(2) * complexity_bits(x)
     torch.testing.assert_close(input_complexity(trained, x, k=1, noise=ZeroNoise()), expected)
+
+
+def test_input_entropy_is_zero_for_binary_images_and_ln2_per_half_grey_pixel():
+    binary = (torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    torch.testing.assert_close(input_entropy(binary), torch.zeros(3))
+    torch.testing.assert_close(input_entropy(torch.full((2, 1, 28, 28), 0.5)), torch.full((2,), 784 * math.log(2)))
+
+
+def test_excess_is_the_nll_minus_the_input_entropy_and_never_below_the_latent_terms(trained, digits):
+    x = digits[1].x[:8]
+    expected = negative_iwae(trained, x, k=1, noise=ZeroNoise()) - input_entropy(x)
+    torch.testing.assert_close(excess(trained, x, k=1, noise=ZeroNoise()), expected)
+    # With z at the posterior mean, the excess is Σ KL(x_i ‖ p_i) ≥ 0 plus log q(z|x) − log p(z).
+    z = trained.posterior(x).mu
+    latent = trained.posterior(x).log_prob(z).sum(1) - trained.prior(8).log_prob(z).sum(1)
+    assert (expected - latent >= -1e-3).all()
 
 
 def test_likelihood_ratio_against_itself_is_zero_and_needs_its_background(trained, digits):
