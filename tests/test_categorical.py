@@ -185,3 +185,27 @@ def test_kind_plots_draw_codes_and_usage(run, tmp_path):
     paths = KIND_PLOTS["categorical"](checkpoint.model, checkpoint.config, test, tmp_path)
     assert [p.name for p in paths] == ["category_codes.png", "category_usage.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_the_service_serves_the_categorical_kind(run, asgi_client):
+    pytest.importorskip("fastapi")
+    from service.app import create_app
+    from service.settings import Settings
+
+    client = asgi_client(create_app(Settings(model_dir=run.parent, max_wait_ms=0)))
+    detail = client.get("/models/categorical").json()
+    assert detail["kind"] == "categorical" and detail["describe"]["variables"] == 3
+    assert detail["latent_features"] == 14
+    images = torch.rand(2, 784).tolist()
+    encoded = client.post("/models/categorical/encode", json={"images": images, "num_samples": 2, "seed": 1}).json()
+    assert torch.allclose(torch.tensor(encoded["probs"]).sum(-1), torch.ones(2, 3), atol=1e-5)
+    z = torch.tensor(encoded["z"])  # (B, S, 14)
+    decoded = client.post("/models/categorical/decode", json={"z": z[:, 0].tolist()})
+    assert decoded.status_code == 200 and len(decoded.json()["probs"][0]) == 784
+    off_simplex = client.post("/models/categorical/decode", json={"z": [[0.5] * 14]})
+    assert off_simplex.status_code in (400, 422) and "simplex" in off_simplex.text
+    again = client.post("/models/categorical/sample", json={"n": 3, "seed": 4}).json()
+    assert again == client.post("/models/categorical/sample", json={"n": 3, "seed": 4}).json()
+    for operation, body in (("elbo", {"seed": 0}), ("iwae", {"k": 5, "seed": 0}), ("classify", {})):
+        response = client.post(f"/models/categorical/{operation}", json={"images": images, **body})
+        assert response.status_code == 200, (operation, response.text)

@@ -168,3 +168,26 @@ def test_kind_plots_draw_conditional_generation_and_analogies(run, tmp_path):
     paths = KIND_PLOTS["m2"](checkpoint.model, checkpoint.config, test, tmp_path)
     assert [p.name for p in paths] == ["conditional_generation.png", "analogies.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_the_service_serves_m2_with_classes(run, asgi_client):
+    pytest.importorskip("fastapi")
+    from service.app import create_app
+    from service.settings import Settings
+
+    client = asgi_client(create_app(Settings(model_dir=run.parent, max_wait_ms=0)))
+    detail = client.get("/models/m2").json()
+    assert detail["kind"] == "m2" and detail["classes"] == list(range(10))
+    assert detail["describe"]["decode_inputs"] == ["z", "y"]
+    images = torch.rand(3, 784).tolist()
+    classified = client.post("/models/m2/classify", json={"images": images}).json()
+    probs = torch.tensor(classified["probs"])
+    assert torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(probs, load_checkpoint(run).model.classify(torch.tensor(images)), atol=1e-5)
+    sampled = client.post("/models/m2/sample", json={"n": 2, "y": 7, "seed": 0}).json()
+    assert sampled["y"] == [7, 7]
+    decoded = client.post("/models/m2/decode", json={"z": sampled["z"], "y": [1, 2]})
+    assert decoded.status_code == 200 and len(decoded.json()["probs"]) == 2
+    for operation, body in (("encode", {"num_samples": 2}), ("elbo", {}), ("iwae", {"k": 5})):
+        response = client.post(f"/models/m2/{operation}", json={"images": images, "seed": 0, **body})
+        assert response.status_code == 200, (operation, response.text)
