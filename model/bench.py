@@ -228,6 +228,14 @@ def run_case(case: Case, config: BenchConfig) -> dict:
     return result
 
 
+def scoring_seconds(result: dict) -> float:
+    """Wall time of a case's scoring: a derived score's seconds include the shared −L_K, counted once."""
+    seconds = result["score_seconds"]
+    derived = [n for n in ("complexity", "excess", "likelihood_ratio") if n in seconds]
+    shared = seconds.get("iwae", 0.0) if "iwae" in seconds else 0.0
+    return sum(seconds.values()) - shared * len(derived)
+
+
 def summarise(results: list[dict]) -> dict:
     """Per benchmark: the mean AUROC of each score over its cases, and the wall time."""
     import numpy as np
@@ -241,47 +249,65 @@ def summarise(results: list[dict]) -> dict:
         summary[benchmark] = {
             "cases": len(rows),
             "mean_auroc": {n: float(np.mean([r["auroc"][n] for r in rows])) for n in names},
-            "seconds": round(sum(r["train_seconds"] + r["background_seconds"] + sum(r["score_seconds"].values())
-                                 for r in rows), 1),
+            "seconds": round(sum(r["train_seconds"] + r["background_seconds"] + scoring_seconds(r) for r in rows), 1),
         }
         best = max(names, key=lambda n: summary[benchmark]["mean_auroc"][n])
         summary[benchmark]["best"] = best
     return summary
 
 
+def _names(dicts) -> list[str]:
+    """Score names in ALL_SCORES order, the union over `dicts`."""
+    present = set().union(*dicts) if dicts else set()
+    return [n for n in ALL_SCORES if n in present]
+
+
+def _cell(value: float | None, percent: bool) -> str:
+    if value is None:
+        return "—"
+    return f"{100 * value:.1f}" if percent else f"{value:.4f}"
+
+
 def markdown(report: dict) -> str:
-    """The results as Markdown tables: means beside the anchors, then every case."""
+    """The results as Markdown tables: means beside the anchors, then every case ("—": not run)."""
     lines = [f"Command: `{report['command']}`  ", f"Wall time: {report['wall_seconds']:.0f} s; "
              f"torch threads: {report['threads']}; config: `{json.dumps(report['config'])}`", ""]
     summary = report["summary"]
     if summary:
-        names = list(next(iter(summary.values()))["mean_auroc"])
+        names = _names([s["mean_auroc"] for s in summary.values()])
         lines += ["| benchmark | " + " | ".join(names) + " | best | target | anchors |",
                   "| --- |" + " ---: |" * len(names) + " --- | ---: | --- |"]
         for benchmark, s in summary.items():
-            cells = [f"{100 * s['mean_auroc'][n]:.1f}" if benchmark.startswith("oneclass")
-                     else f"{s['mean_auroc'][n]:.4f}" for n in names]
+            cells = [_cell(s["mean_auroc"].get(n), benchmark.startswith("oneclass")) for n in names]
             target = TARGETS.get(benchmark)
             shown = "" if target is None else (f"{100 * target:.1f}" if benchmark.startswith("oneclass") else f"{target}")
             lines.append(f"| {benchmark} | " + " | ".join(cells) + f" | {s['best']} | {shown} | {ANCHORS.get(benchmark, '')} |")
         lines.append("")
     rows = [r for r in report["results"] if "auroc" in r]
     if rows:
-        names = list(rows[0]["auroc"])
+        names = _names([r["auroc"] for r in rows])
         lines += ["| benchmark | case | " + " | ".join(names) + " | train s | scoring s |",
                   "| --- | --- |" + " ---: |" * (len(names) + 2)]
         for r in rows:
-            lines.append(f"| {r['benchmark']} | {r['case']} | " + " | ".join(f"{r['auroc'][n]:.4f}" for n in names)
-                         + f" | {r['train_seconds'] + r['background_seconds']:.0f} | {sum(r['score_seconds'].values()):.0f} |")
+            lines.append(f"| {r['benchmark']} | {r['case']} | " + " | ".join(_cell(r["auroc"].get(n), False) for n in names)
+                         + f" | {r['train_seconds'] + r['background_seconds']:.0f} | {scoring_seconds(r):.0f} |")
         lines.append("")
     for r in report["results"]:
         if "k_sweep" in r:
             lines += [f"K sweep on {r['benchmark']} {r['case']} ({r['test_images']} test images):", "",
                       "| K | score | AUROC | seconds |", "| ---: | --- | ---: | ---: |"]
             for k, by_score in r["k_sweep"].items():
-                lines += [f"| {k} | {n} | {v['auroc']:.4f} | {v['seconds']} |" for n, v in by_score.items()]
+                lines += [f"| {k} | {n} | {v['auroc']:.4f} | {v['seconds']:.1f} |" for n, v in by_score.items()]
             lines.append("")
     return "\n".join(lines)
+
+
+def merge(reports: list[dict]) -> dict:
+    """Several reports as one (e.g. OOD and one-class run separately): results joined, summary redone."""
+    results = [r for report in reports for r in report["results"]]
+    return {"command": " && ".join(r["command"] for r in reports), "config": [r["config"] for r in reports],
+            "threads": reports[0]["threads"], "results": results, "summary": summarise(results),
+            "wall_seconds": round(sum(r["wall_seconds"] for r in reports), 1)}
 
 
 def run(config: BenchConfig, out: Path, command: str = "", log=print) -> dict:
@@ -314,6 +340,9 @@ def _anomaly(args: argparse.Namespace) -> int:
 
     import torch
 
+    if args.render:
+        print(markdown(merge([json.loads(Path(path).read_text()) for path in args.render])))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     config = QUICK if args.quick else BenchConfig()
@@ -347,6 +376,8 @@ def register(commands) -> None:
                         help="CI preset: embedded digits, classes 0 and 1, small model; fails if −L_K's AUROC < --min-auroc")
     parser.add_argument("--min-auroc", type=float, default=0.9, help="--quick fails below this mean AUROC")
     parser.add_argument("--out", default="runs/bench/anomaly.json", help="JSON report (a .md table is written beside it)")
+    parser.add_argument("--render", nargs="+", metavar="JSON",
+                        help="print the Markdown tables of these reports, merged, and run nothing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, help=f"default: {' '.join(defaults.benchmarks)}")
     parser.add_argument("--data-root", help=f"folder holding mnist/ and fashion-mnist/ (default: {defaults.data_root})")
