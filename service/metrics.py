@@ -31,6 +31,7 @@ class Metrics:
                                     ("model", "operation"), buckets=BATCH_BUCKETS, registry=self.registry)
         self.batch_requests = Histogram("vae_batch_requests", "Requests sharing one forward pass",
                                         ("model", "operation"), buckets=BATCH_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("vae_requests_in_flight", "HTTP requests being handled", registry=self.registry)
         self.models_ready = Gauge("vae_models_ready", "Models loaded and warmed up", registry=self.registry)
         self.models_failed = Gauge("vae_models_failed", "Model directories that could not be served",
                                    registry=self.registry)
@@ -97,9 +98,11 @@ class RequestTracking:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            self.metrics.in_flight.dec()
             ticket.close()
             CURRENT_TICKET.reset(token)
             model, operation = route_labels(scope, self.known_models())
