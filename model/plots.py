@@ -218,9 +218,9 @@ def plot_manifold(model, path: Path, n: int = 20, limit: float = 3.0) -> Path:
     z2, z1 = torch.meshgrid(-axis, axis, indexing="ij")  # top row: largest z2
     z = torch.stack([z1.flatten(), z2.flatten()], 1).to(next(model.parameters()).device)
     images = model.decode(z)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.imshow(image_grid(images.reshape(-1, *model.input_shape), n, pad=0), cmap="gray_r", vmin=0, vmax=1,
-              extent=(-limit, limit, -limit, limit))
+              extent=(-limit, limit, -limit, limit), interpolation="nearest")
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(f"decoder means over [-{limit:g}, {limit:g}]²", fontsize=9)
