@@ -140,6 +140,21 @@ def per_class_table(runs: list[RunSummary]) -> str:
     return "\n".join(lines)
 
 
+def curve_table(runs: list[RunSummary], epochs=(1, 2, 5, 10, 20, 50, 100)) -> str:
+    """Validation ELBO and KL (ELBO / KL) at a few epochs and the last one, per run."""
+    with_metrics = [r for r in runs if r.metrics]
+    if not with_metrics:
+        return ""
+    last = max(len(r.metrics) for r in with_metrics)
+    shown = sorted({e for e in epochs if e <= last} | {last})
+    lines = ["| run | " + " | ".join(f"epoch {e}" for e in shown) + " |", "|" + "---|" * (len(shown) + 1)]
+    for r in with_metrics:
+        by_epoch = {m["epoch"]: m["validation"] for m in r.metrics}
+        cells = [f"{by_epoch[e]['elbo']:.1f} / {by_epoch[e]['kl']:.1f}" if e in by_epoch else "–" for e in shown]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def kind_table(rows: list[dict]) -> str:
     """Numbers only some model kinds report (evaluation.json's "kind"), one line per such run."""
     lines = [f"- {r['run']} ({r['kind']}): " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in r["kind_evaluation"].items())
@@ -209,7 +224,8 @@ def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = 
              "IWAE log p(x) is the importance-weighted bound L_K with the K shown; active units have "
              "Var_x E_q[z_d] > 0.01; the classifier is logistic regression on the posterior means; "
              "reconstruction MSE is per pixel, decoder mean at the posterior mean.", "",
-             "![learning curves](learning_curves.png)", "", "![rate-distortion](rate_distortion.png)", ""]
+             "![learning curves](learning_curves.png)", "", "![rate-distortion](rate_distortion.png)", "",
+             "## Learning curves (full validation set: ELBO / KL, nats per image)", "", curve_table(runs), ""]
     kinds = kind_table(rows)
     if kinds:
         parts += ["## Kind-specific evaluation", "", kinds, ""]
