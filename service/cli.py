@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 
 
 def register(commands) -> None:
@@ -20,8 +22,15 @@ def _serve(args: argparse.Namespace) -> int:
     from service.settings import Settings
 
     settings = Settings(**({"model_dir": args.model_dir} if args.model_dir is not None else {}))
-    # uvicorn stops accepting on SIGTERM, waits for requests in flight (at most the timeout), then
-    # runs the lifespan's shutdown, which drains the batchers.
+    # uvicorn stops accepting on SIGTERM or SIGINT, waits for requests in flight (at most the
+    # timeout), runs the lifespan's shutdown (which drains the batchers), restores the handlers it
+    # found and re-raises the signal. The handlers below receive that re-raised signal, so a
+    # graceful shutdown ends with exit status 0 instead of death by signal.
+    stopped_by = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: stopped_by.append(signal.Signals(number).name))
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    if stopped_by:
+        logging.getLogger("service").info("stopped by %s after a graceful shutdown", stopped_by[0])
     return 0
