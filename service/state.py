@@ -30,7 +30,8 @@ class Service:
         return cls(settings, registry, Inference(settings, registry, metrics, gate), metrics, gate)
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async: FastAPI would run a plain function in its thread pool, a thread hop per request.
     return request.app.state.service
 
 
