@@ -155,6 +155,47 @@ def curve_table(runs: list[RunSummary], epochs=(1, 2, 5, 10, 20, 50, 100)) -> st
     return "\n".join(lines)
 
 
+def confusion_summary(run_dir: Path, test) -> dict[str, dict] | None:
+    """Per digit: recall of the run's latent classifier on the test set and the digit it most often says instead."""
+    import torch
+
+    from model.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint.classifier is None:
+        return None
+    with torch.no_grad():
+        predicted = torch.cat([checkpoint.classifier.predict(checkpoint.model.features(test.x[i:i + 1000]))
+                               for i in range(0, len(test), 1000)])
+    out = {}
+    for digit in torch.unique(test.y).tolist():
+        mine = predicted[test.y == digit]
+        wrong = mine[mine != digit]
+        out[str(digit)] = {"recall": float((mine == digit).float().mean()),
+                           "confused_with": int(wrong.mode().values) if len(wrong) else None,
+                           "confused_share": float((wrong == wrong.mode().values).float().sum() / len(mine))
+                           if len(wrong) else 0.0}
+    return out
+
+
+def confusion_table(confusions: dict[str, dict]) -> str:
+    """Markdown: per run and digit, 'recall % (→ most frequent wrong digit, its share %)'."""
+    digits = sorted({int(d) for c in confusions.values() for d in c})
+    lines = ["| run | " + " | ".join(f"digit {d}" for d in digits) + " |", "|" + "---|" * (len(digits) + 1)]
+    for name, per_digit in confusions.items():
+        cells = []
+        for d in digits:
+            c = per_digit.get(str(d))
+            if c is None:
+                cells.append("–")
+            elif c["confused_with"] is None:
+                cells.append(f"{100 * c['recall']:.1f}%")
+            else:
+                cells.append(f"{100 * c['recall']:.1f}% (→{c['confused_with']} {100 * c['confused_share']:.1f}%)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def kind_table(rows: list[dict]) -> str:
     """Numbers only some model kinds report (evaluation.json's "kind"), one line per such run."""
     lines = [f"- {r['run']} ({r['kind']}): " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in r["kind_evaluation"].items())
@@ -233,11 +274,11 @@ def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = 
     if per_class:
         parts += ["## Per digit (reconstruction MSE / IWAE log p(x))", "", per_class, ""]
     if run_plots:
-        parts += ["## Runs", ""]
+        run_parts, confusions = ["## Runs", ""], {}
         cache: dict[tuple, object] = {}
         for run in runs:
             if run.status != "complete":
-                parts += [f"### {run.name}", "", f"{run.status}: {run.error or 'no complete run'}", ""]
+                run_parts += [f"### {run.name}", "", f"{run.status}: {run.error or 'no complete run'}", ""]
                 continue
             config = TrainConfig.from_dict(run.config)
             key = tuple(str(getattr(config, f)) for f in DATA_FIELDS)
@@ -245,9 +286,16 @@ def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = 
                 cache[key] = load_data(config)
             out = sweep_dir / REPORT_DIR / run.name
             written = plot_run(run.path, out, tsne=tsne, data=cache[key], log=log)
-            parts += [f"### {run.name} ({_changes(run)})", ""]
-            parts += [f"![{p.stem}]({p.relative_to(sweep_dir).as_posix()})" for p in written]
-            parts.append("")
+            run_parts += [f"### {run.name} ({_changes(run)})", ""]
+            run_parts += [f"![{p.stem}]({p.relative_to(sweep_dir).as_posix()})" for p in written]
+            run_parts.append("")
+            confusion = confusion_summary(run.path, cache[key].test)
+            if confusion is not None:
+                confusions[run.name] = confusion
+        if confusions:
+            parts += ["## Latent classifier per digit (test recall, → the digit most often predicted instead)", "",
+                      confusion_table(confusions), ""]
+        parts += run_parts
     path = sweep_dir / REPORT_MD
     write_bytes(path, "\n".join(parts).encode())
     return path

@@ -127,6 +127,7 @@ def test_quick_sweep_writes_every_artefact_then_skips_and_reports(tmp_path, caps
         assert (out / image).read_bytes()[:8] == PNG_MAGIC, image
     assert "| beta-10 | beta=10, latent_features=3 |" in report
     assert re.search(r"\| beta-1 \| -?\d+\.\d / \d+\.\d \|", report)  # validation ELBO / KL at epoch 1
+    assert re.search(r"\| beta-10 \| \d+\.\d%", report)  # latent classifier recall per digit
 
 
 def test_a_directory_holding_other_settings_is_refused(tmp_path, capsys):
