@@ -252,8 +252,11 @@ def plot_unit_kl(model, x: Tensor, path: Path) -> Path:
     axes[1].set_yscale("log")
     axes[1].set_title(f"Var_x E_q[z_d]: {int(active.sum())} of {len(units)} units active (> {ACTIVE_UNIT_THRESHOLD})",
                       fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.set_xlabel("latent unit")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save_figure(fig, path)
 
 
