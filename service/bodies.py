@@ -71,7 +71,9 @@ def body_of(schema: type[Model]):
             data = await _read_form(request, request.app.state.service.settings.max_images)
         else:
             accepted = "application/json" + (" or multipart/form-data" if accepts_files else "")
-            raise UnsupportedMediaTypeError(f"Content-Type: expected {accepted}, got {media}")
+            hint = " (curl -d sends that; use curl --json, or -H 'content-type: application/json')" \
+                if media == "application/x-www-form-urlencoded" else ""
+            raise UnsupportedMediaTypeError(f"Content-Type: expected {accepted}, got {media}{hint}")
         if not isinstance(data, dict):
             raise BadInputError(f"body: expected a JSON object, got {type(data).__name__}")
         try:

@@ -44,7 +44,8 @@ def json_response(body) -> Response:
 
 # --- health -------------------------------------------------------------------------------------
 
-@health.get("/health/live", response_model=Health, summary="200 while the process runs")
+@health.get("/health/live", response_model=Health, response_model_exclude_none=True,
+            summary="200 while the process runs")
 async def live() -> Health:
     return Health(status="live")
 

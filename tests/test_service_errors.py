@@ -220,14 +220,15 @@ def test_full_queue_is_429_with_retry_after(model_dir, asgi_client):
     async def three_requests():
         import asyncio
 
-        tasks = [asyncio.ensure_future(client.client.post("/models/tiny/elbo", **body)) for _ in range(3)]
-        await asyncio.sleep(0.5)  # the first waits for the thread, the second is queued, the third...
+        tasks = []
+        for _ in range(3):  # the first waits for the thread, the second waits in the queue, the third...
+            tasks.append(asyncio.ensure_future(client.client.post("/models/tiny/elbo", **body)))
+            await asyncio.sleep(0.3)
         release.set()
         return await asyncio.gather(*tasks)
 
     responses = client.run(three_requests())
-    statuses = sorted(r.status_code for r in responses)
-    assert statuses == [200, 200, 429], [r.text for r in responses]
-    (rejected,) = [r for r in responses if r.status_code == 429]
+    assert [r.status_code for r in responses] == [200, 200, 429], [r.text for r in responses]
+    rejected = responses[2]
     assert int(rejected.headers["retry-after"]) >= 1
     assert "VAE_MAX_QUEUE=1" in rejected.json()["error"]
