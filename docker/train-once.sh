@@ -10,12 +10,19 @@
 #   VAE_TRAIN_DEVICE     auto, cpu or cuda (default: the CLI's, auto)
 #   VAE_TRAIN_ARGS       more `vae train` flags, split on whitespace, e.g. "--epochs 20 --seed 1"
 #   VAE_TRAIN_OVERWRITE  1: train afresh even over a complete run (for `docker compose run train`)
+#   VAE_TRAIN_THREADS    CPU threads for torch (default: torch's choice, one per core); 1 is
+#                        much faster for the small default model on a busy host, where threads
+#                        that wait for each other lose their core to other work
 #   VAE_LOG_LEVEL        log level of `vae` (default: info)
 set -eu
 
 name=${VAE_TRAIN_NAME:-default}
 dataset=${VAE_TRAIN_DATASET:-embedded}
 out="/runs/$name"
+
+if [ -n "${VAE_TRAIN_THREADS:-}" ]; then
+    export OMP_NUM_THREADS="$VAE_TRAIN_THREADS" MKL_NUM_THREADS="$VAE_TRAIN_THREADS"
+fi
 
 set -- vae --log-level "${VAE_LOG_LEVEL:-info}" train --dataset "$dataset" --out "$out" --quiet
 if [ "${VAE_TRAIN_OVERWRITE:-0}" = 1 ]; then

@@ -30,6 +30,9 @@ SERVE_LIMIT_BYTES=$((1500 * 1000 * 1000))
 PROJECT="vae-smoke-$(date +%s)-$$"
 export COMPOSE_PROJECT_NAME=$PROJECT
 export VAE_IMAGE_PREFIX=vae-lab-smoke VAE_IMAGE_TAG=latest
+# This host is small and shared: one torch thread trains the small default model many times
+# faster than two threads that keep waiting for each other.
+export VAE_TRAIN_THREADS=${VAE_TRAIN_THREADS:-1}
 # Compose would rather build through buildx bake; without buildx it falls back (with a warning).
 export COMPOSE_BAKE=${COMPOSE_BAKE:-false}
 # The api on a free loopback port, so the smoke never fights over 8000 (and replicas can scale).
@@ -57,7 +60,7 @@ step() {  # step NAME: close the running step (recording its time) and open the 
     return 0
 }
 
-compose() { docker compose --profile proxy "$@"; }
+compose() { docker compose "$@"; }
 
 cleanup() {
     local status=$?
@@ -65,11 +68,11 @@ cleanup() {
     step ""
     if [[ $status -ne 0 ]] && docker info >/dev/null 2>&1; then
         log "failed (exit $status); the stack's state and last logs:"
-        compose ps -a >&2
-        compose logs --no-color --tail 60 >&2
+        compose --profile proxy ps -a >&2
+        compose --profile proxy logs --no-color --tail 60 >&2
     fi
     if docker info >/dev/null 2>&1; then
-        compose down -v --remove-orphans --timeout 10 >/dev/null 2>&1
+        compose --profile proxy down -v --remove-orphans --timeout 10 >/dev/null 2>&1
         local left
         left=$(
             docker ps -aq --filter "label=com.docker.compose.project=$PROJECT"
@@ -103,7 +106,7 @@ trap 'exit 130' INT TERM
 wait_healthy() {  # wait_healthy SERVICE: until every container of SERVICE is healthy
     local deadline=$((SECONDS + ${VAE_SMOKE_TIMEOUT:-1200})) ids id health train_state ready
     while :; do
-        ids=$(compose ps -q "$1")
+        ids=$(compose --profile proxy ps -q "$1")
         [[ -n $ids ]] || die "no $1 container"
         ready=1
         for id in $ids; do
@@ -162,6 +165,9 @@ if docker image inspect "$BASE" >/dev/null 2>&1; then
     log "base image $BASE is here already"
 elif timeout 300 docker pull -q "$BASE" >/dev/null 2>&1; then
     log "pulled base image $BASE"
+elif docker image inspect "$FALLBACK_BASE" >/dev/null 2>&1; then
+    log "cannot pull $BASE: using $FALLBACK_BASE, built from Debian packages by an earlier run"
+    BASE=$FALLBACK_BASE
 else
     log "cannot pull $BASE: building $FALLBACK_BASE from Debian bookworm packages instead" \
         "(its python3 is CPython 3.11) and passing it as BASE_IMAGE"
@@ -211,6 +217,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 step "lint"
 compose config -q
+compose --profile proxy config -q
 log "docker compose config: ok"
 hadolint_venv=$STATE_DIR/hadolint-venv
 if [[ ! -x $hadolint_venv/bin/hadolint ]]; then
@@ -299,15 +306,15 @@ log "the digit scores as less anomalous than the garment"
 # ---------------------------------------------------------------------------------------------
 if [[ ${VAE_SMOKE_PROXY:-1} != 0 ]]; then
     step "build proxy image"
-    compose build proxy
+    compose --profile proxy build proxy
     step "proxy profile: 3 api replicas behind one port"
-    compose up -d --scale api=3
+    compose --profile proxy up -d --scale api=3
     wait_healthy api
     wait_healthy proxy
-    proxy_url="http://$(compose port proxy 8080)"
+    proxy_url="http://$(compose --profile proxy port proxy 8080)"
     for _ in 1 2 3; do ask "$proxy_url" 2>/dev/null; done
     ask "$proxy_url"
-    served_by=$(compose logs --no-color --no-log-prefix proxy |
+    served_by=$(compose --profile proxy logs --no-color --no-log-prefix proxy |
         sed -n 's/.*upstream=\([0-9.]*:8000\).*/\1/p' | sort -u | wc -l)
     log "requests through the proxy were served by $served_by distinct api replicas"
     ((served_by >= 2)) || die "the proxy sent every request to one replica"
@@ -318,4 +325,4 @@ step "image sizes"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^($VAE_IMAGE_PREFIX-|$BASE)" >&2 || true
 
 step "compose down -v"
-compose down -v --remove-orphans --timeout 10
+compose --profile proxy down -v --remove-orphans --timeout 10
