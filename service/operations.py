@@ -55,7 +55,6 @@ class Operation:
     name: str
     input: InputKind
     forward: Callable[..., dict[str, Tensor]]  # (checkpoint, x or n, labels, noise, **key) -> batch-first tensors
-    random: bool
     summary: str
     finish: Callable[..., Outputs] = field(default=lambda checkpoint, outputs, **params: outputs)
 
@@ -151,18 +150,18 @@ def _finish_anomaly(ck: Checkpoint, outputs: Outputs, *, score: str, false_posit
 
 
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
-    Operation("encode", "images", _encode, True,
+    Operation("encode", "images", _encode,
               "Posterior parameters per image (mu, sigma for the Gaussian kind) and optional samples z ~ q(z|x)."),
-    Operation("decode", "z", _decode, False, "Bernoulli means p(x|z) per pixel for each latent vector."),
-    Operation("sample", "n", _sample, True, "Ancestral samples: z ~ p(z) and the decoder's means p(x|z)."),
-    Operation("reconstruct", "images", _reconstruct, False, "Decoder means at the posterior mean of each image."),
-    Operation("elbo", "images", _elbo, True,
+    Operation("decode", "z", _decode, "Bernoulli means p(x|z) per pixel for each latent vector."),
+    Operation("sample", "n", _sample, "Ancestral samples: z ~ p(z) and the decoder's means p(x|z)."),
+    Operation("reconstruct", "images", _reconstruct, "Decoder means at the posterior mean of each image."),
+    Operation("elbo", "images", _elbo,
               "Per-image ELBO terms from one posterior sample: elbo = log_px − beta·kl.", _finish_elbo),
-    Operation("iwae", "images", _iwae, True,
+    Operation("iwae", "images", _iwae,
               "The importance-weighted bound L_K per image (Burda et al. 2015, eq. 8) and bits per dimension.",
               _finish_iwae),
-    Operation("classify", "images", _classify, False, "Class probabilities and labels per image."),
-    Operation("anomaly", "images", _anomaly, True,
+    Operation("classify", "images", _classify, "Class probabilities and labels per image."),
+    Operation("anomaly", "images", _anomaly,
               "Anomaly scores, percentiles against held-out normal data, and flags at a false-positive rate.",
               _finish_anomaly),
 )}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +91,9 @@ def _kind_operations() -> dict[str, frozenset[str]]:
     return out
 
 
-def kinds_supporting(operation: str, loaded: list[ModelEntry] = ()) -> list[str]:
-    kinds = {k: ops for k, ops in _kind_operations().items()}
+def kinds_supporting(operation: str, loaded: Sequence[ModelEntry] = ()) -> list[str]:
+    """Model kinds that offer `operation`: every kind the library knows, and those of loaded models."""
+    kinds = dict(_kind_operations())
     for entry in loaded:
         if entry.checkpoint is not None:
             kinds.setdefault(entry.kind, frozenset(entry.checkpoint.model.operations))

@@ -13,7 +13,7 @@ from service.auth import require_token
 from service.bodies import body_of, read_json, request_body_doc
 from service.errors import ServiceError
 from service.images import encode_png, images_from_request, latents_from_request
-from service.operations import classes_of
+from service.operations import OPERATIONS, classes_of
 from service.registry import ModelEntry
 from service.schemas import (
     AnomalyInfo, AnomalyRequest, AnomalyResponse, ClassifyRequest, ClassifyResponse, DecodeRequest, ElboRequest,
@@ -110,7 +110,8 @@ def _pngs(probs: np.ndarray, entry: ModelEntry) -> list[str]:
 
 def _op(path: str, request_model, response_model, summary: str):
     return models.post(f"/models/{{name}}/{path}", response_model=response_model, response_model_exclude_none=True,
-                       summary=summary, openapi_extra=request_body_doc(request_model))
+                       summary=summary, description=OPERATIONS[path].summary,
+                       openapi_extra=request_body_doc(request_model))
 
 
 @_op("encode", EncodeRequest, EncodeResponse, "Posterior parameters per image, and samples z ~ q(z|x) if asked")

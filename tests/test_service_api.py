@@ -184,3 +184,14 @@ def test_openapi_documents_every_operation_with_examples(client):
     assert "multipart/form-data" in spec["paths"]["/models/{name}/encode"]["post"]["requestBody"]["content"]
     assert "/v2/models/{model}/infer" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_settings_come_from_vae_environment_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("VAE_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("VAE_MAX_K", "7")
+    monkeypatch.setenv("VAE_API_TOKEN", "")
+    settings = Settings()
+    assert settings.model_dir == tmp_path and settings.max_k == 7 and settings.token is None
+    monkeypatch.setenv("VAE_MAX_BATCH_SIZE", "zero")
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Settings()
