@@ -30,6 +30,8 @@ async def read_json(request: Request) -> object:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BadInputError(f"body: expected JSON, got invalid JSON ({error})") from None
+    except RecursionError:
+        raise BadInputError("body: expected JSON nested a few levels deep, got nesting too deep to parse") from None
 
 
 async def _read_form(request: Request, max_files: int) -> dict:

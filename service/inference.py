@@ -70,7 +70,10 @@ class Inference:
         if operation not in ("decode", "sample") or "y" not in inspect.signature(method).parameters:
             raise UnsupportedError(f"y: model {entry.name!r} (kind {entry.kind!r}) takes no class label "
                                    f"for {operation!r}")
-        array = np.asarray(labels, dtype=np.int64).reshape(-1)
+        try:
+            array = np.asarray(labels, dtype=np.int64).reshape(-1)
+        except OverflowError:
+            raise BadInputError(f"y: expected class labels that fit in 64 bits, got {labels}") from None
         if array.shape[0] == 1 and rows > 1:
             array = np.repeat(array, rows)
         if array.shape[0] != rows:

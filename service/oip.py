@@ -191,6 +191,8 @@ async def read_infer_request(request: Request, limit: int) -> tuple[InferRequest
         data = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BadInputError(f"body: expected an OIP inference request in JSON, got invalid JSON ({error})") from None
+    except RecursionError:
+        raise BadInputError("body: expected JSON nested a few levels deep, got nesting too deep to parse") from None
     try:
         return InferRequest.model_validate(data), binary
     except ValidationError as error:

@@ -232,3 +232,43 @@ def test_full_queue_is_429_with_retry_after(model_dir, asgi_client):
     rejected = responses[2]
     assert int(rejected.headers["retry-after"]) >= 1
     assert "VAE_MAX_QUEUE=1" in rejected.json()["error"]
+
+
+def random_json(rng, depth: int = 0):
+    """A random JSON value: numbers of every size, strings, nulls, booleans, lists, objects."""
+    kind = rng.integers(0, 9 if depth < 4 else 6)
+    if kind == 0:
+        return float(rng.normal() * 10.0 ** rng.integers(-3, 40))
+    if kind == 1:
+        return int(rng.integers(-(2**62), 2**62)) * int(rng.choice([1, 2**40]))
+    if kind == 2:
+        return rng.choice(["", "a", "0.5", "NaN", "images", "iVBORw0KGgo="])
+    if kind == 3:
+        return None
+    if kind == 4:
+        return bool(rng.integers(0, 2))
+    if kind == 5:
+        return float(rng.uniform(0, 1))
+    if kind in (6, 7):
+        return [random_json(rng, depth + 1) for _ in range(rng.integers(0, 5))]
+    keys = ["images", "images_png", "z", "y", "n", "k", "seed", "beta", "num_samples", "png", "score",
+            "false_positive_rate", "inputs", "parameters", "name", "shape", "datatype", "data"]
+    return {str(rng.choice(keys)): random_json(rng, depth + 1) for _ in range(rng.integers(0, 4))}
+
+
+def test_no_input_yields_a_500(client):
+    """Seeded random bodies, plus pathological ones, to every operation: always a 2xx or a 4xx."""
+    rng = np.random.default_rng(0)
+    paths = [f"/models/tiny/{op}" for op in ("encode", "decode", "sample", "reconstruct", "elbo", "iwae",
+                                             "classify", "anomaly")] + ["/v2/models/tiny.elbo/infer",
+                                                                        "/v2/models/tiny.sample/infer"]
+    bodies = [json.dumps(random_json(rng)) for _ in range(300)]
+    bodies += ["[" * 5000 + "]" * 5000, '{"images": ' + "[" * 3000 + "0.5" + "]" * 3000 + "}",
+               '{"images": [[1e309]]}', '{"z": [[1e39, 0]]}', '{"n": 1e400}', '{"y": [1e30], "z": [[0, 0]]}',
+               '{"y": [99999999999999999999999], "z": [[0, 0]]}', "\xff\xfe"]
+    for i, body in enumerate(bodies):
+        path = paths[i % len(paths)]
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code < 500, (path, body[:200], response.text)
+        if response.status_code >= 400:
+            assert response.json()["error"]
