@@ -7,11 +7,11 @@ and `openapi_extra=request_body_doc(XRequest)` so /docs shows both content types
 from __future__ import annotations
 
 import base64
-import json
 from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -26,12 +26,16 @@ async def read_json(request: Request) -> object:
     raw = await request.body()
     if not raw:
         raise BadInputError("body: expected a JSON object, got an empty body")
+    return parse_json(raw, "a JSON object")
+
+
+def parse_json(raw: bytes, expected: str) -> object:
+    """JSON bytes to Python objects with pydantic-core's parser (twice as fast as `json` on image
+    lists); NaN and Infinity are parsed, so that the image checks can name them."""
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadInputError(f"body: expected JSON, got invalid JSON ({error})") from None
-    except RecursionError:
-        raise BadInputError("body: expected JSON nested a few levels deep, got nesting too deep to parse") from None
+        return from_json(raw, allow_inf_nan=True)
+    except ValueError as error:  # syntax errors, invalid UTF-8, nesting deeper than the parser allows
+        raise BadInputError(f"body: expected {expected}, got invalid JSON ({error})") from None
 
 
 async def _read_form(request: Request, max_files: int) -> dict:

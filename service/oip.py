@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_json
 
 from service.auth import require_token
+from service.bodies import parse_json
 from service.errors import BadInputError, ModelNotFoundError, PayloadTooLargeError, UnsupportedError, bad_input_from
 from service.images import as_number_array, check_count, check_images
 from service.operations import OPERATIONS
@@ -187,12 +189,7 @@ async def read_infer_request(request: Request, limit: int) -> tuple[InferRequest
         head, binary = body[:size], memoryview(body)[size:]
     else:
         head, binary = body, memoryview(b"")
-    try:
-        data = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadInputError(f"body: expected an OIP inference request in JSON, got invalid JSON ({error})") from None
-    except RecursionError:
-        raise BadInputError("body: expected JSON nested a few levels deep, got nesting too deep to parse") from None
+    data = parse_json(head, "an OIP inference request in JSON")
     try:
         return InferRequest.model_validate(data), binary
     except ValidationError as error:
@@ -313,7 +310,7 @@ def _response(model: str, request: InferRequest, outputs: dict[str, np.ndarray])
     body = {"model_name": model, "model_version": VERSION, "outputs": tensors}
     if request.id is not None:
         body["id"] = request.id
-    head = json.dumps(body).encode()
+    head = to_json(body)  # pydantic-core's encoder: several times faster than json.dumps on big outputs
     if not buffers:
         return Response(head, media_type="application/json")
     return Response(head + b"".join(buffers), media_type="application/octet-stream",
