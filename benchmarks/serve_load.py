@@ -10,6 +10,9 @@ concurrent keep-alive connections and prints requests/s, images/s and p50/p99 la
     operation called in-process on a tensor (`model.elbo_terms`, no HTTP, no JSON).
     Target: at least 50% of the in-process images/second.
 
+Each configuration and its baseline alternate in short slices (`--rounds`), so that load from
+other jobs on a shared machine falls on both alike.
+
 The client is a minimal asyncio HTTP/1.1 client over raw sockets with pre-built requests, so the
 load generator costs little next to the server (they share the machine's cores). Every response's
 status is checked. The model is the course's architecture (784-256-128-2·latent), trained for one
@@ -73,6 +76,21 @@ class LoadResult:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1000)
 
+    def __add__(self, other: "LoadResult") -> "LoadResult":
+        return LoadResult(self.requests + other.requests, self.seconds + other.seconds,
+                          np.concatenate([self.latencies, other.latencies]))
+
+
+def interleaved(first, second, rounds: int) -> tuple[LoadResult, LoadResult]:
+    """Alternate short slices of two measurements, so that a change in the machine's load (it is
+    shared) falls on both alike; returns the two totals."""
+    totals = [None, None]
+    for _ in range(rounds):
+        for i, measure in enumerate((first, second)):
+            result = measure()
+            totals[i] = result if totals[i] is None else totals[i] + result
+    return totals[0], totals[1]
+
 
 async def drive(port: int, request: bytes, concurrency: int, seconds: float, warmup: float = 0.5) -> LoadResult:
     """`concurrency` connections, each sending `request` back to back for `seconds` (after a warm-up)."""
@@ -127,25 +145,31 @@ def train_model(root: Path) -> str:
     return "bench"
 
 
-def in_process_images_per_second(run_dir: Path, images: np.ndarray, seconds: float, operation: str, k: int,
-                                 threads: int) -> float:
-    """The operation on a ready tensor in this process: the upper bound serving is measured against."""
+def in_process(run_dir: Path, images: np.ndarray, operation: str, k: int, threads: int):
+    """A function measuring the operation on a ready tensor in this process for some seconds: the
+    upper bound serving is measured against."""
     import torch
 
-    torch.set_num_threads(threads)
     from model import load_checkpoint
     from model.objectives import iwae_bound
 
+    torch.set_num_threads(threads)
     model = load_checkpoint(run_dir).model
     x = torch.from_numpy(images)
     run = (lambda: model.elbo_terms(x)) if operation == "elbo" else (lambda: iwae_bound(model, x, k))
-    with torch.no_grad():
-        run()
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+
+    def measure(seconds: float) -> LoadResult:
+        latencies = []
+        with torch.no_grad():
             run()
-            count += 1
-        return count * len(images) / (time.perf_counter() - start)
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                began = time.perf_counter()
+                run()
+                latencies.append(time.perf_counter() - began)
+        return LoadResult(len(latencies), time.perf_counter() - start, np.asarray(latencies))
+
+    return measure
 
 
 def row(label: str, result: LoadResult, images_per_request: int = 1) -> str:
@@ -158,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=None, help="a model directory (default: train one)")
     parser.add_argument("--model", default=None, help="the run to load (default: the only one)")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per configuration")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="slices each configuration and its baseline alternate in (the machine may be shared)")
     parser.add_argument("--batch-images", type=int, default=256)
     parser.add_argument("--k", type=int, default=100, help="importance samples for the IWAE rows of (b)")
     parser.add_argument("--torch-threads", type=int, default=1,
@@ -183,9 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n(a) single-image requests, same JSON payload, {args.seconds:g} s each")
         single = json.dumps({"images": rng.uniform(0, 1, (1, 784)).round(4).tolist()}).encode()
         ratios = {}
+        slice_s = args.seconds / args.rounds
         for concurrency in (1, 8, 32):
-            floor = asyncio.run(drive(port, http_request("/benchmark/noop", single), concurrency, args.seconds))
-            elbo = asyncio.run(drive(port, http_request(f"/models/{name}/elbo", single), concurrency, args.seconds))
+            floor, elbo = interleaved(
+                lambda: asyncio.run(drive(port, http_request("/benchmark/noop", single), concurrency, slice_s, 0.2)),
+                lambda: asyncio.run(drive(port, http_request(f"/models/{name}/elbo", single), concurrency, slice_s, 0.2)),
+                args.rounds)
             ratios[concurrency] = elbo.throughput / floor.throughput
             print(row(f"noop   (HTTP floor)      concurrency {concurrency:>2}", floor))
             print(row(f"elbo                     concurrency {concurrency:>2}", elbo))
@@ -206,17 +235,22 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for operation, parameters in (("elbo", {}), ("iwae", {"k": args.k})):
             label = operation if operation == "elbo" else f"iwae k={args.k}"
-            local = in_process_images_per_second(model_dir / name, images, args.seconds, operation, args.k,
-                                                 args.torch_threads)
-            print(f"{label + ' in-process':<44} {local / n:9.1f} calls/s {local:8.0f} img/s")
+            local = in_process(model_dir / name, images, operation, args.k, args.torch_threads)
             runs = [("OIP binary", oip_request(operation, parameters), 1), ("OIP binary", oip_request(operation, parameters), 4)]
             if operation == "elbo":
                 runs.insert(0, ("REST JSON", http_request(f"/models/{name}/elbo", rest_body), 1))
+            # IWAE calls take about a second: longer, fewer slices.
+            rounds = args.rounds if operation == "elbo" else 1
+            slice_s = args.seconds / rounds
             for transport, request, concurrency in runs:
-                result = asyncio.run(drive(port, request, concurrency, args.seconds))
-                results[(label, transport, concurrency)] = result.throughput * n / local
-                print(row(f"{label} {transport:<11} concurrency {concurrency}", result, n))
-                print(f"{'':<44} served / in-process = {result.throughput * n / local:.2f}")
+                baseline, served = interleaved(lambda: local(slice_s),
+                                               lambda: asyncio.run(drive(port, request, concurrency, slice_s, 0.2)),
+                                               rounds)
+                ratio = served.throughput / baseline.throughput
+                results[(label, transport, concurrency)] = ratio
+                print(row(f"{label} in-process (interleaved)", baseline, n))
+                print(row(f"{label} {transport:<11} concurrency {concurrency}", served, n))
+                print(f"{'':<44} served / in-process = {ratio:.2f}")
 
         print("\nsummary")
         print(f"  (a) elbo / HTTP floor at concurrency 32: {ratios[32]:.2f} (target >= 0.70)")

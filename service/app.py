@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -44,6 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         entries = service.registry.models.values()
         service.metrics.models_ready.set(sum(e.ready for e in entries))
         service.metrics.models_failed.set(sum(not e.ready for e in entries))
+        # Everything loaded so far (torch, the models, the app) lives as long as the process. Moving
+        # it out of the collector's sight makes a full collection take milliseconds instead of the
+        # ~0.4 s measured with it in view: a pause every request in flight would wait out.
+        gc.collect()
+        gc.freeze()
         ok, reason = service.registry.readiness()
         (log.info if ok else log.warning)("%s", reason)
         yield
