@@ -128,7 +128,7 @@ def test_available_scores_follow_companions_and_the_default_follows_the_benchmar
     assert "likelihood_ratio" in available_scores(trained, {BACKGROUND: trained})
     assert default_score(None, without) == "iwae"
     with pytest.raises(ValueError, match="none of the preferred scores"):
-        default_score("mnist", ["elbo"])
+        default_score("mnist", ["likelihood_regret"])
 
 
 def test_calibrate_fits_every_available_score(trained, digits):
