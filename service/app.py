@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (log.info if ok else log.warning)("%s", reason)
         yield
         await service.inference.close()  # uvicorn has already let the requests in flight finish
+        gc.unfreeze()  # let interpreter shutdown collect as usual (extension modules check for leaks)
         log.info("batchers drained; shutting down")
 
     app = FastAPI(title="vae-lab model server", version="1", description=DESCRIPTION, lifespan=lifespan)
