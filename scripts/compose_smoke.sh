@@ -246,6 +246,9 @@ found = [m for m in ("torchvision", "matplotlib") if u.find_spec(m)]
 assert not found, f"the serving image carries {found}"
 import torch
 print("serve image: torch", torch.__version__, "(CUDA", torch.version.cuda, ") - no torchvision, no matplotlib")' >&2
+for image in "$SERVE_IMAGE" "$TRAIN_IMAGE"; do
+    docker run --rm "$image" sh -c '! test -s /run/secrets/pip_cert' || die "$image kept the pip_cert secret"
+done
 [[ $(docker run --rm "$SERVE_IMAGE" id -u) != 0 ]] || die "serve image runs as root"
 [[ $(docker run --rm "$TRAIN_IMAGE" id -u) != 0 ]] || die "train image runs as root"
 if ! docker run --rm "$TRAIN_IMAGE" python -c 'import torchvision' >/dev/null 2>&1; then
