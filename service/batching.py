@@ -218,9 +218,14 @@ class Batcher:
         """Refuse new calls, let queued and running ones finish, then stop the worker."""
         self._closing = True
         self.gate.notify()
-        await self._idle.wait()
+        idle = asyncio.ensure_future(self._idle.wait())
+        # Should the worker have died (a bug), there is nothing to wait for.
+        await asyncio.wait([idle, self._worker], return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
         self._worker.cancel()
         try:
             await self._worker
         except asyncio.CancelledError:
             pass
+        except Exception:  # the worker died earlier: say so, and let shutdown go on
+            log.exception("%s: the batch worker had stopped with an error", self.name)
