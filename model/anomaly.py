@@ -21,6 +21,7 @@ directory carries (`{"background": VAE}`); a score that needs one says so in `NE
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from collections.abc import Mapping
 
@@ -37,6 +38,7 @@ KINDS: dict[str, tuple[str, ...]] = {"likelihood_regret": ("gaussian",)}
 REGRET_STEPS = 20  # Adam steps on each image's posterior; AUROC settles well before (docs/anomaly.md)
 REGRET_LR = 0.1
 REGRET_SAMPLES = 4  # posterior samples in the ELBO that the regret optimises
+NLL_SCORES = ("iwae", "complexity", "excess", "likelihood_ratio")  # the scores built on −L_K(x)
 
 
 # --- input complexity (Serrà et al. 2020) ------------------------------------------------------
@@ -235,3 +237,55 @@ def likelihood_regret(model: nn.Module, x: Tensor, *, k: int = 1, noise: Noise |
             mu.grad, log_sigma.grad = torch.autograd.grad(-value.sum(), (mu, log_sigma))
             optimizer.step()
     return best - start
+
+
+# --- many scores of a whole split ----------------------------------------------------------------
+
+@torch.no_grad()
+def score_split(model: nn.Module, x: Tensor, names, *, k: int, noise: Noise | None = None,
+                companions: Mapping[str, nn.Module] | None = None, batch_size: int = 200,
+                params: Mapping[str, dict] | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Several scores of the images x (N, ...), in batches, with −L_K(x) computed once for all.
+
+    The scores built on −L_K (`NLL_SCORES`) use the formulas of their functions (complexity =
+    −L_K − L(x)·ln 2, excess = −L_K − Σ H(x_i), likelihood_ratio = −L_K + L_K^bg) on one shared
+    −L_K, so they see the same importance samples and cost one bound between them; the other
+    scores call their function in `model.scores.SCORES` with `params[name]` as extra keywords.
+
+    Returns:
+        ({name: (N,) CPU tensor}, {name: seconds}); a score built on −L_K counts its seconds too.
+    """
+    from model.scores import SCORES
+
+    unknown = sorted(set(names) - set(SCORES))
+    if unknown:
+        raise ValueError(f"unknown anomaly scores {unknown}; expected some of {sorted(SCORES)}")
+    if "likelihood_ratio" in names:
+        background = require(companions, BACKGROUND, "likelihood_ratio")
+    device = next(model.parameters()).device
+    params = params or {}
+    values: dict[str, Tensor] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(name, fn):
+        started = time.perf_counter()
+        values[name] = torch.cat([fn(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)])
+        seconds[name] = time.perf_counter() - started
+
+    for name in names:
+        if name not in NLL_SCORES:
+            timed(name, lambda xb, fn=SCORES[name], name=name: fn(model, xb, k=k, noise=noise, companions=companions,
+                                                                  **params.get(name, {})))
+    if set(NLL_SCORES) & set(names):
+        timed("iwae", lambda xb: -iwae_bound(model, xb, k, noise=noise))
+    corrections = {  # what each score adds to −L_K(x)
+        "complexity": lambda xb: -math.log(2) * complexity_bits(xb),
+        "excess": lambda xb: -input_entropy(xb),
+        "likelihood_ratio": lambda xb: iwae_bound(background, xb, k, noise=noise),
+    }
+    for name, correction in corrections.items():
+        if name in names:
+            timed(name, correction)
+            values[name] = values["iwae"] + values[name]
+            seconds[name] += seconds["iwae"]
+    return {name: values[name] for name in names}, {name: round(seconds[name], 2) for name in names}

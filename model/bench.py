@@ -9,9 +9,9 @@ Benchmarks (results and anchors in docs/anomaly.md):
 
 Every case trains a fresh model (and, for the likelihood ratio, a background model on perturbed
 inputs) with `model.anomaly.fit_model`, scores the test images in batches and reports the AUROC
-of each score with its wall time. −L_K is computed once per case and shared by the `iwae`,
-`complexity`, `excess` and `likelihood_ratio` scores (the same formulas as their functions in
-`model.scores`), so they all see the same importance samples.
+of each score with its wall time. Scoring goes through `model.anomaly.score_split`, as
+calibration does: −L_K is computed once and shared by the `iwae`, `complexity`, `excess` and
+`likelihood_ratio` scores, so they all see the same importance samples.
 """
 
 from __future__ import annotations
@@ -144,57 +144,11 @@ def auroc(scores, anomalous) -> float:
     return float(roc_auc_score(np.asarray(anomalous, dtype=bool), scores))
 
 
-def _batched(fn, x, batch_size: int):
-    import torch
-
-    with torch.no_grad():
-        return torch.cat([fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-
-
-def score_case(model, background, x, scores: tuple[str, ...], k: int, regret_steps: int,
-               batch_size: int = 200) -> tuple[dict, dict]:
-    """Every asked score of the images x (N, ...) and the seconds each took: ({name: (N,)}, {name: s})."""
-    from model.anomaly import complexity_bits, input_entropy, likelihood_regret
-    from model.objectives import iwae_bound
-    from model.scores import SCORES
-
-    values, seconds = {}, {}
-
-    def timed(name, fn):
-        started = time.perf_counter()
-        values[name] = _batched(fn, x, batch_size)
-        seconds[name] = time.perf_counter() - started
-
-    for name in ("elbo", "reconstruction"):
-        if name in scores:
-            timed(name, lambda xb, fn=SCORES[name]: fn(model, xb, k=k))
-    if {"iwae", "complexity", "excess", "likelihood_ratio"} & set(scores):
-        timed("iwae", lambda xb: -iwae_bound(model, xb, k))
-    if "complexity" in scores:
-        timed("complexity", lambda xb: -math.log(2) * complexity_bits(xb))  # the correction alone
-        values["complexity"] = values["iwae"] + values["complexity"]
-        seconds["complexity"] += seconds["iwae"]
-    if "excess" in scores:
-        timed("excess", lambda xb: -input_entropy(xb))
-        values["excess"] = values["iwae"] + values["excess"]
-        seconds["excess"] += seconds["iwae"]
-    if "likelihood_ratio" in scores:
-        timed("likelihood_ratio", lambda xb: iwae_bound(background, xb, k))  # + log p_bg(x)
-        values["likelihood_ratio"] = values["iwae"] + values["likelihood_ratio"]
-        seconds["likelihood_ratio"] += seconds["iwae"]
-    if "likelihood_regret" in scores:
-        timed("likelihood_regret", lambda xb: likelihood_regret(model, xb, steps=regret_steps))
-    if "iwae" not in scores:
-        values.pop("iwae", None)
-        seconds.pop("iwae", None)
-    return values, {name: round(s, 2) for name, s in seconds.items()}
-
-
 def run_case(case: Case, config: BenchConfig) -> dict:
     """Train the case's model (and background model), score its test images, return the AUROCs."""
     import torch
 
-    from model.anomaly import fit_model
+    from model.anomaly import BACKGROUND, NLL_SCORES, fit_model, score_split
     from model.config import TrainConfig
 
     train_config = TrainConfig(latent_features=config.latent_features, hidden=config.hidden, kl="analytic",
@@ -210,6 +164,12 @@ def run_case(case: Case, config: BenchConfig) -> dict:
                                perturb_rate=config.perturb_rate, seed=config.seed + 1)
         background_seconds = time.perf_counter() - started
     torch.manual_seed(config.seed)
+    companions = {BACKGROUND: background} if background is not None else None
+    regret = {"likelihood_regret": {"steps": config.regret_steps}}
+
+    def score_case(k: int, names=config.scores):
+        return score_split(model, case.test_x, names, k=k, companions=companions, params=regret)
+
     result = {"benchmark": case.benchmark, "case": case.name, "train_images": int(case.train_x.shape[0]),
               "test_images": int(case.test_x.shape[0]), "anomalous_images": int(case.test_anomalous.sum()),
               "epochs": case.epochs, "background_epochs": background_epochs,
@@ -217,12 +177,12 @@ def run_case(case: Case, config: BenchConfig) -> dict:
     if config.k_sweep:
         result["k_sweep"] = {}
         for k in config.k_sweep:
-            values, seconds = score_case(model, background, case.test_x, config.scores, k, config.regret_steps)
+            values, seconds = score_case(k, [n for n in config.scores if n in NLL_SCORES])
             result["k_sweep"][str(k)] = {
                 name: {"auroc": auroc(values[name], case.test_anomalous), "seconds": seconds[name]}
-                for name in ("iwae", "complexity", "excess", "likelihood_ratio") if name in values}
+                for name in values}
         return result
-    values, seconds = score_case(model, background, case.test_x, config.scores, config.k, config.regret_steps)
+    values, seconds = score_case(config.k)
     result["auroc"] = {name: auroc(v, case.test_anomalous) for name, v in values.items()}
     result["score_seconds"] = seconds
     return result

@@ -15,7 +15,8 @@ from model.classifier import LinearSoftmaxClassifier, fit_logistic_regression
 from model.data import DataBundle, Split, eval_batches, labelled
 from model.kinds import get_kind
 from model.objectives import iwae_bound
-from model.scores import available_scores, default_score, score_batches
+from model.anomaly import score_split
+from model.scores import available_scores, default_score
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 CLASSIFIER_MAX_TRAIN = 10_000  # logistic regression on more images buys little accuracy for its time
@@ -97,12 +98,10 @@ def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | Non
 
     The default is the benchmark's best available score for `dataset` (`model.scores.default_score`).
     """
-    calibrations = {
-        name: ScoreCalibration.fit(
-            name, score_batches(model, normal.x, name, k=k, batch_size=100, companions=companions).numpy(), {"k": k})
-        for name in available_scores(model, companions)
-    }
-    return AnomalyCalibration(calibrations, default_score(dataset, list(calibrations)))
+    names = available_scores(model, companions)
+    values, _ = score_split(model, normal.x, names, k=k, companions=companions, batch_size=100)  # −L_K once for all
+    calibrations = {name: ScoreCalibration.fit(name, values[name].numpy(), {"k": k}) for name in names}
+    return AnomalyCalibration(calibrations, default_score(dataset, names))
 
 
 def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, kl: str = "sampled",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.anomaly import (BACKGROUND, complexity_bits, excess, fit_companions, fit_model, input_complexity,
-                           input_entropy, likelihood_ratio, likelihood_regret, perturb)
+                           input_entropy, likelihood_ratio, likelihood_regret, perturb, score_split)
 from model.bench import QUICK, auroc, run
 from model.calibration import AnomalyCalibration
 from model.checkpoint import load_companions, save_companions
@@ -120,6 +120,20 @@ def test_every_score_has_the_common_signature(trained, digits):
     for name, fn in SCORES.items():
         values = fn(trained, x, k=2, noise=None, companions=companions)
         assert values.shape == (4,) and torch.isfinite(values).all(), name
+
+
+def test_score_split_shares_the_nll_and_agrees_with_every_score_function(trained, digits):
+    x = digits[1].x[:10]
+    companions = {BACKGROUND: fit_model(TINY, digits[0], epochs=1, perturb_rate=0.2, seed=1)}
+    values, seconds = score_split(trained, x, list(SCORES), k=2, noise=ZeroNoise(), companions=companions,
+                                  batch_size=4, params={"likelihood_regret": {"steps": 3}})
+    assert list(values) == list(SCORES) and set(seconds) == set(SCORES)
+    for name, fn in SCORES.items():
+        extra = {"steps": 3} if name == "likelihood_regret" else {}
+        expected = fn(trained, x, k=2, noise=ZeroNoise(), companions=companions, **extra)
+        torch.testing.assert_close(values[name], expected.detach(), msg=name)
+    with pytest.raises(ValueError, match="needs the companion model"):
+        score_split(trained, x, ["likelihood_ratio"], k=2)
 
 
 def test_available_scores_follow_companions_and_the_default_follows_the_benchmark(trained):
