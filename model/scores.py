@@ -28,7 +28,7 @@ def negative_iwae(model: nn.Module, x: Tensor, *, k: int = 100, noise: Noise | N
 
 def negative_elbo(model: nn.Module, x: Tensor, *, k: int = 1, noise: Noise | None = None,
                   companions: Mapping[str, nn.Module] | None = None) -> Tensor:
-    """−ELBO(x) with the analytic KL where the kind has one (one posterior sample for log p(x|z))."""
+    """−ELBO(x) from one posterior sample, with the kind's default KL estimate (sampled for the Gaussian VAE)."""
     return -model.elbo_terms(x, noise=noise).elbo
 
 
