@@ -17,10 +17,10 @@
 # Build arguments:
 #   BASE_IMAGE       an image with CPython 3.11 and `python3 -m venv` (default python:3.11-slim)
 #   TORCH_INDEX_URL  PyTorch's wheel index; .../whl/cpu keeps the images small, .../whl/cu128
-#                    (or another CUDA tag) gives CUDA wheels; empty means PyPI alone
+#                    (or another CUDA tag) gives CUDA wheels; empty: the `torch-*.whl` in
+#                    docker/wheels/ if there is one, else PyPI
 #   TORCH_VERSION    pin torch (default: the newest the index has)
 #   PIP_INDEX_URL    the index for everything else (default PyPI)
-# A `torch-*.whl` in docker/wheels/ is installed instead of asking TORCH_INDEX_URL.
 # A build secret `pip_cert` (a CA bundle) is trusted by pip during the build and stored nowhere.
 
 ARG BASE_IMAGE=python:3.11-slim
@@ -49,19 +49,20 @@ SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
 ARG TORCH_INDEX_URL
 ARG TORCH_VERSION
 ARG PIP_INDEX_URL
-# A local wheel wins (hosts that cannot reach PyTorch's index); otherwise PyTorch's index comes
-# first so its +cpu / +cuXXX build beats PyPI's default one. The resulting version is written to
-# a constraints file so that later installs (torchvision) can never swap torch for another build.
+# PyTorch's index is asked first, so that its +cpu / +cuXXX build beats PyPI's default one. With
+# TORCH_INDEX_URL empty (hosts that cannot reach that index), a torch wheel in docker/wheels/ is
+# installed, else PyPI's. The version installed is written to a constraints file, so that later
+# installs (torchvision) can never swap torch for another build.
 RUN --mount=type=secret,id=pip_cert \
     --mount=type=bind,source=docker/pip-install.sh,target=/usr/local/bin/pip-install \
     --mount=type=bind,source=docker/wheels,target=/tmp/wheels \
-    wheel=$(find /tmp/wheels -name 'torch-*.whl' | sort | tail -n 1); \
-    if [ -n "$wheel" ]; then \
-        echo "installing torch from the local wheel $(basename "$wheel")"; \
-        pip-install "$wheel"; \
-    elif [ -n "$TORCH_INDEX_URL" ]; then \
+    wheel=$(find /tmp/wheels -name "torch-${TORCH_VERSION:-*}[-+]*.whl" | sort | tail -n 1); \
+    if [ -n "$TORCH_INDEX_URL" ]; then \
         pip-install --index-url "$TORCH_INDEX_URL" --extra-index-url "$PIP_INDEX_URL" \
             "torch${TORCH_VERSION:+==$TORCH_VERSION}"; \
+    elif [ -n "$wheel" ]; then \
+        echo "installing torch from the local wheel $(basename "$wheel")"; \
+        pip-install "$wheel"; \
     else \
         pip-install "torch${TORCH_VERSION:+==$TORCH_VERSION}"; \
     fi; \

@@ -210,7 +210,7 @@ else
         die "no local torch==$TORCH_VERSION wheel either (pip config: $(python3 -m pip config list | tr '\n' ' '))"
     python3 -m pip download -q --no-deps --no-index --only-binary=:all: -d docker/wheels \
         "torchvision" 2>/dev/null || log "no local torchvision wheel: the train image gets PyPI's"
-    export VAE_TORCH_INDEX_URL=
+    export VAE_TORCH_INDEX_URL='' VAE_TORCH_VERSION=$TORCH_VERSION
     ls -l docker/wheels/*.whl >&2
 fi
 
@@ -314,6 +314,9 @@ if [[ ${VAE_SMOKE_PROXY:-1} != 0 ]]; then
     compose --profile proxy up -d --scale api=3
     wait_healthy api
     wait_healthy proxy
+    compose logs --no-color train | grep -q "already holds a complete run; skipping training" ||
+        die "the second start of train did not skip the complete run"
+    log "train found the complete run and skipped training"
     proxy_url="http://$(compose --profile proxy port proxy 8080)"
     for _ in 1 2 3; do ask "$proxy_url" 2>/dev/null; done
     ask "$proxy_url"
