@@ -144,7 +144,10 @@ class Registry:
             warm_up: runs one operation of a loaded model on a synthetic input, returning its outputs.
         """
         root = self.settings.model_dir
-        if not root.is_dir():
+        if self.settings.device == "cuda" and not torch.cuda.is_available():
+            self.problem = "VAE_DEVICE is cuda, but torch finds no CUDA device (use cpu or auto)"
+            log.error(self.problem)
+        elif not root.is_dir():
             self.problem = f"the model directory {root} does not exist (set VAE_MODEL_DIR or --model-dir)"
             log.error(self.problem)
         else:

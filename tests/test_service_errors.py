@@ -196,6 +196,13 @@ def test_readiness_is_503_when_no_model_is_ready(tiny_run, tmp_path_factory, asg
     assert "does not exist" in missing.get("/health/ready").json()["reason"]
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_it_is_not_ready(model_dir, asgi_client):
+    client = asgi_client(create_app(Settings(model_dir=model_dir, device="cuda")))
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and "CUDA" in ready.json()["reason"]
+
+
 def test_bearer_token(model_dir, asgi_client):
     client = asgi_client(create_app(Settings(model_dir=model_dir, api_token="s3cret")))
     assert client.get("/health/ready").status_code == 200  # probes need no token
