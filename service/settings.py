@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,11 +29,17 @@ class Settings(BaseSettings):
     max_num_samples: int = Field(100, ge=0, description="most posterior samples per image for /encode")
     iwae_chunk: int = Field(128, ge=1, description="importance samples per chunk of L_K (memory, not results)")
     api_token: SecretStr | None = Field(None, description="bearer token required on every route but health")
-    log_level: str = Field("info", description="logging level of the service's loggers")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="logging level of the service's loggers and uvicorn's")
     inference_threads: int = Field(1, ge=1, description="threads running forward passes")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest SIGTERM waits for requests in flight")
     benchmark_endpoints: bool = Field(False, description="add POST /benchmark/noop (the HTTP floor)")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase(cls, value):
+        return value.lower() if isinstance(value, str) else value
 
     @property
     def token(self) -> str | None:

@@ -192,6 +192,8 @@ def test_settings_come_from_vae_environment_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("VAE_API_TOKEN", "")
     settings = Settings()
     assert settings.model_dir == tmp_path and settings.max_k == 7 and settings.token is None
+    monkeypatch.setenv("VAE_LOG_LEVEL", "WARNING")
+    assert Settings().log_level == "warning"
     monkeypatch.setenv("VAE_MAX_BATCH_SIZE", "zero")
     with pytest.raises(ValueError, match="max_batch_size"):
         Settings()
