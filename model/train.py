@@ -149,9 +149,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
 
 
 def finish(model, config: TrainConfig, data: DataBundle, out: Path, k: int | None = None) -> dict:
-    """Evaluate, store the classifier and calibration, then write the manifest (the run is complete)."""
+    """Fit the anomaly scores' companions, evaluate, store the classifier and calibration, then write
+    the manifest (the run is complete). Companions already in `out` (`vae evaluate`) are reused."""
+    from model.anomaly import fit_companions
+
+    companions = ckpt.load_companions(out, config, data.train.x.device) or fit_companions(config, data.train.x)
+    ckpt.save_companions(out, companions)
     evaluation, classifier, calibration = evaluate(
-        model, data, k=k or config.eval_k, calibration_k=config.calibration_k, kl=config.kl, seed=config.seed)
+        model, data, k=k or config.eval_k, calibration_k=config.calibration_k, kl=config.kl, seed=config.seed,
+        companions=companions, dataset=config.dataset)
     if classifier is not None:
         ckpt.save_tensors(out / ckpt.CLASSIFIER, classifier.state_tensors())
     write_json(out / ckpt.CALIBRATION, calibration.to_dict())
