@@ -64,9 +64,13 @@ def test_model_description(client, tiny_run):
     assert body["input_shape"] == [1, 28, 28] and body["latent_features"] == 2
     assert body["config"]["hidden"] == [32]
     assert body["evaluation"]["iwae"]["k"] == 10
-    iwae = body["anomaly"]["scores"]["iwae"]
-    assert body["anomaly"]["default"] == "iwae" and iwae["params"] == {"k": 10} and iwae["n"] > 0
-    assert iwae["false_positive_rate"] == 0.01 and math.isfinite(iwae["threshold"])
+    calibration = load_checkpoint(tiny_run).calibration
+    assert body["anomaly"]["default"] == calibration.default
+    assert "iwae" in body["anomaly"]["scores"] and set(body["anomaly"]["scores"]) <= set(calibration.scores)
+    for name, score in body["anomaly"]["scores"].items():
+        assert score["params"] == calibration.scores[name].params and score["n"] == calibration.scores[name].n > 0
+        assert score["false_positive_rate"] == 0.01
+        assert score["threshold"] == pytest.approx(calibration.scores[name].threshold(0.01))
     assert body["classes"] == list(range(10))
 
 
@@ -151,17 +155,21 @@ def test_classify_probabilities(client, checkpoint, digits):
 def test_anomaly_flags_noise_not_digits(client, checkpoint, digits):
     rng = np.random.default_rng(0)
     noise_images = rng.uniform(0, 1, (2, 784)).tolist()
-    body = client.post("/models/tiny/anomaly", json={"images": digits + noise_images, "seed": 0}).json()
+    body = client.post("/models/tiny/anomaly",
+                       json={"images": digits + noise_images, "seed": 0, "score": "iwae"}).json()
     calibration = checkpoint.calibration.scores["iwae"]
     assert body["score"] == "iwae" and body["false_positive_rate"] == 0.01
     assert body["threshold"] == pytest.approx(calibration.threshold(0.01), rel=1e-6)
     assert body["is_anomaly"] == [s > body["threshold"] for s in body["scores"]]
     assert body["is_anomaly"][4:] == [True, True]  # uniform noise is nothing like a digit
     assert all(0 <= p <= 100 for p in body["percentiles"])
-    lenient = client.post("/models/tiny/anomaly", json={"images": digits, "seed": 0, "false_positive_rate": 0.5}).json()
+    lenient = client.post("/models/tiny/anomaly",
+                          json={"images": digits, "seed": 0, "score": "iwae", "false_positive_rate": 0.5}).json()
     assert lenient["threshold"] < body["threshold"]
+    # Without `score`, the run's default; naming the default gives the same numbers.
     default = client.post("/models/tiny/anomaly", json={"images": digits, "seed": 0}).json()
-    explicit = client.post("/models/tiny/anomaly", json={"images": digits, "seed": 0, "score": "iwae"}).json()
+    assert default["score"] == checkpoint.calibration.default
+    explicit = client.post("/models/tiny/anomaly", json={"images": digits, "seed": 0, "score": default["score"]}).json()
     assert explicit["scores"] == default["scores"]
 
 
