@@ -15,10 +15,10 @@ import json
 import math
 import zlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_json
 
@@ -71,6 +71,8 @@ class InferRequest(_Strict):
     inputs: list[InputTensor]
     outputs: list[RequestedOutput] | None = None
 
+
+OipModel = Annotated[str, Path(description="{name}.{operation}", examples=["default.encode"])]
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (V2)"])
 models = APIRouter(prefix="/v2", tags=["open inference protocol (V2)"], dependencies=[Depends(require_token)])
@@ -138,23 +140,23 @@ def _metadata(service: Service, model: str, model_version: str | None) -> dict:
 
 
 @models.get("/models/{model}", summary="OIP model metadata: inputs and outputs of {name}.{operation}")
-async def model_metadata(model: str, service: ServiceDep) -> dict:
+async def model_metadata(model: OipModel, service: ServiceDep) -> dict:
     return _metadata(service, model, None)
 
 
 @models.get("/models/{model}/versions/{model_version}", summary="OIP model metadata of one version")
-async def model_version_metadata(model: str, model_version: str, service: ServiceDep) -> dict:
+async def model_version_metadata(model: OipModel, model_version: str, service: ServiceDep) -> dict:
     return _metadata(service, model, model_version)
 
 
 @models.get("/models/{model}/ready", summary="OIP model readiness: 200 when ready")
-async def model_ready(model: str, service: ServiceDep) -> dict:
+async def model_ready(model: OipModel, service: ServiceDep) -> dict:
     resolve(service, model)
     return {"name": model, "ready": True}
 
 
 @models.get("/models/{model}/versions/{model_version}/ready", summary="OIP model readiness of one version")
-async def model_version_ready(model: str, model_version: str, service: ServiceDep) -> dict:
+async def model_version_ready(model: OipModel, model_version: str, service: ServiceDep) -> dict:
     resolve(service, model, model_version)
     return {"name": model, "ready": True}
 
@@ -284,7 +286,7 @@ def _parameters(operation: str, request: InferRequest) -> dict:
     return params.model_dump(exclude_none=True)
 
 
-def _response(model: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> Response:
+def _response(model: OipModel, request: InferRequest, outputs: dict[str, np.ndarray]) -> Response:
     default_binary = bool(request.parameters.get("binary_data_output", False))
     if request.outputs:
         wanted = []
@@ -336,11 +338,11 @@ INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": {
 
 
 @models.post("/models/{model}/infer", summary="OIP inference on {name}.{operation}", openapi_extra=INFER_DOC)
-async def infer(model: str, request: Request, service: ServiceDep) -> Response:
+async def infer(model: OipModel, request: Request, service: ServiceDep) -> Response:
     return await _infer(service, request, model, None)
 
 
 @models.post("/models/{model}/versions/{model_version}/infer", summary="OIP inference on one version",
              openapi_extra=INFER_DOC)
-async def infer_version(model: str, model_version: str, request: Request, service: ServiceDep) -> Response:
+async def infer_version(model: OipModel, model_version: str, request: Request, service: ServiceDep) -> Response:
     return await _infer(service, request, model, model_version)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Path, Response
 
 from model.calibration import DEFAULT_FALSE_POSITIVE_RATE
 from service.auth import require_token
@@ -32,6 +32,8 @@ ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text
     429: "the model's queue is full; see Retry-After",
     503: "the model is not ready",
 }.items()}
+
+ModelName = Annotated[str, Path(description="the model: its run directory's name", examples=["default"])]
 
 health = APIRouter(tags=["health"])
 models = APIRouter(tags=["models"], dependencies=[Depends(require_token)], responses=ERRORS)
@@ -92,7 +94,7 @@ async def list_models(service: ServiceDep) -> ModelList:
 
 @models.get("/models/{name}", response_model=ModelDetail, response_model_exclude_none=True,
             summary="Kind, shapes, config, test metrics, operations and anomaly calibration of one model")
-async def describe_model(name: str, service: ServiceDep) -> Response:
+async def describe_model(name: ModelName, service: ServiceDep) -> Response:
     return json_response(detail(service.registry.get(name)))
 
 
@@ -115,7 +117,7 @@ def _op(path: str, request_model, response_model, summary: str):
 
 
 @_op("encode", EncodeRequest, EncodeResponse, "Posterior parameters per image, and samples z ~ q(z|x) if asked")
-async def encode(name: str, service: ServiceDep,
+async def encode(name: ModelName, service: ServiceDep,
                  body: Annotated[EncodeRequest, Depends(body_of(EncodeRequest))]) -> Response:
     x = _images(service, name, body)
     out = await service.inference.run(name, "encode", inputs=x, seed=body.seed, num_samples=body.num_samples)
@@ -123,7 +125,7 @@ async def encode(name: str, service: ServiceDep,
 
 
 @_op("decode", DecodeRequest, ProbsResponse, "Bernoulli means p(x|z) per pixel for each latent")
-async def decode(name: str, service: ServiceDep,
+async def decode(name: ModelName, service: ServiceDep,
                  body: Annotated[DecodeRequest, Depends(body_of(DecodeRequest))]) -> Response:
     entry = service.registry.ready_model(name, "decode")
     z = latents_from_request(body.z, entry.latent_features, service.settings.max_images)
@@ -138,7 +140,7 @@ def _probs(probs: np.ndarray, entry: ModelEntry, png: bool, schema, **extra):
 
 
 @_op("sample", SampleRequest, SampleResponse, "Prior samples z ~ p(z) and their decoded means")
-async def sample(name: str, service: ServiceDep,
+async def sample(name: ModelName, service: ServiceDep,
                  body: Annotated[SampleRequest, Depends(body_of(SampleRequest))]) -> Response:
     entry = service.registry.ready_model(name, "sample")
     out = await service.inference.run(name, "sample", n=body.n, seed=body.seed, labels=body.y)
@@ -147,7 +149,7 @@ async def sample(name: str, service: ServiceDep,
 
 
 @_op("reconstruct", ReconstructRequest, ProbsResponse, "Decoder means at the posterior mean of each image")
-async def reconstruct(name: str, service: ServiceDep,
+async def reconstruct(name: ModelName, service: ServiceDep,
                       body: Annotated[ReconstructRequest, Depends(body_of(ReconstructRequest))]) -> Response:
     x = _images(service, name, body)
     out = await service.inference.run(name, "reconstruct", inputs=x)
@@ -155,7 +157,7 @@ async def reconstruct(name: str, service: ServiceDep,
 
 
 @_op("elbo", ElboRequest, ElboResponse, "Per-image ELBO, log p(x|z) and KL from one posterior sample")
-async def elbo(name: str, service: ServiceDep,
+async def elbo(name: ModelName, service: ServiceDep,
                body: Annotated[ElboRequest, Depends(body_of(ElboRequest))]) -> Response:
     x = _images(service, name, body)
     out = await service.inference.run(name, "elbo", inputs=x, seed=body.seed, finish={"beta": body.beta})
@@ -164,7 +166,7 @@ async def elbo(name: str, service: ServiceDep,
 
 
 @_op("iwae", IwaeRequest, IwaeResponse, "The importance-weighted bound L_K per image, and bits per dimension")
-async def iwae(name: str, service: ServiceDep,
+async def iwae(name: ModelName, service: ServiceDep,
                body: Annotated[IwaeRequest, Depends(body_of(IwaeRequest))]) -> Response:
     x = _images(service, name, body)
     k = body.k or service.settings.default_k
@@ -173,7 +175,7 @@ async def iwae(name: str, service: ServiceDep,
 
 
 @_op("classify", ClassifyRequest, ClassifyResponse, "Class probabilities and the most probable label per image")
-async def classify(name: str, service: ServiceDep,
+async def classify(name: ModelName, service: ServiceDep,
                    body: Annotated[ClassifyRequest, Depends(body_of(ClassifyRequest))]) -> Response:
     x = _images(service, name, body)
     out = await service.inference.run(name, "classify", inputs=x)
@@ -183,7 +185,7 @@ async def classify(name: str, service: ServiceDep,
 
 @_op("anomaly", AnomalyRequest, AnomalyResponse,
      "Anomaly scores, percentiles against held-out normal images, and flags at a false-positive rate")
-async def anomaly(name: str, service: ServiceDep,
+async def anomaly(name: ModelName, service: ServiceDep,
                   body: Annotated[AnomalyRequest, Depends(body_of(AnomalyRequest))]) -> Response:
     x = _images(service, name, body)
     fpr = body.false_positive_rate
