@@ -208,3 +208,23 @@ def test_requests_with_different_k_are_answered_with_their_own_k(client, digits)
     responses = client.gather([("POST", "/models/tiny/iwae", {"json": body}) for body in requests])
     assert [r.json()["k"] for r in responses] == [4, 16, 4, 64]
     assert responses[0].json() == responses[2].json()
+
+
+def test_the_event_loop_answers_while_a_forward_pass_runs(client, digits):
+    """Forward passes run in the inference thread: while one is busy, other requests are served."""
+    release = threading.Event()
+    busy = client.app.state.service.inference.executor.submit(release.wait, 10)  # a pass that takes long
+
+    async def scenario():
+        pending = asyncio.ensure_future(client.client.post("/models/tiny/elbo", json={"images": digits[:1]}))
+        await asyncio.sleep(0.2)
+        others = await asyncio.gather(client.client.get("/health/live"), client.client.get("/models"),
+                                      client.client.post("/models/tiny/elbo", json={"images": [[2.0] * 784]}))
+        still_waiting = not pending.done()
+        release.set()
+        return others, still_waiting, await pending
+
+    others, still_waiting, answered = client.run(scenario())
+    assert [r.status_code for r in others] == [200, 200, 422]  # 422: checked without a forward pass
+    assert still_waiting and answered.status_code == 200
+    busy.result()
