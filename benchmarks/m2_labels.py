@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                   hidden=tuple(args.hidden), batch_size=args.batch_size, eval_k=args.eval_k,
                   calibration_k=args.eval_k, seed=args.seed, device="cpu")
     started = time.perf_counter()
-    result = {"published_error_percent": PUBLISHED, "settings": vars(args) | {"out": str(args.out),
-              "json": str(args.json)}, "torch_threads": torch.get_num_threads(), "rows": []}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result = {"published_error_percent": PUBLISHED, "settings": settings, "torch_threads": torch.get_num_threads(),
+              "rows": []}
 
     # The plain VAE: trained once, without reading labels; `--labels` only changes which labels
     # its evaluation's classifiers may use.
