@@ -1,6 +1,5 @@
 """Properties of the semi-supervised M2 model (`--kind m2 --labels N`)."""
 
-import math
 
 import pytest
 import torch
