@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from model.categorical import CategoricalObjective, CategoricalVAE
 from model.config import TrainConfig
-from model.m2 import M2Objective, SemiSupervisedVAE, evaluate_m2
+from model.m2 import M2Objective, SemiSupervisedVAE, evaluate_m2, m2_batches
 from model.objectives import ImportanceWeightedObjective, VariationalInference
 from model.schedules import Progress, linear_warmup
 from model.vae import VariationalAutoencoder
@@ -45,6 +45,9 @@ class Kind:
     objective: Callable[[TrainConfig], Callable]
     # Numbers only this kind has, added to evaluation.json under "kind": (model, DataBundle) -> dict.
     evaluate: Callable[[nn.Module, object], dict] | None = None
+    # How training batches are drawn: (Split, batch_size, binarize) -> iterator of (x, y).
+    # None: `model.data.training_batches`, one random permutation per epoch.
+    batches: Callable | None = None
 
 
 def _build_gaussian(config: TrainConfig, input_shape) -> nn.Module:
@@ -64,7 +67,8 @@ def _build_m2(config: TrainConfig, input_shape) -> nn.Module:
 KINDS: dict[str, Kind] = {
     "gaussian": Kind(build=_build_gaussian, objective=GaussianObjective),
     "categorical": Kind(build=_build_categorical, objective=CategoricalObjective),
-    "m2": Kind(build=_build_m2, objective=M2Objective, evaluate=evaluate_m2),
+    "m2": Kind(build=_build_m2, objective=M2Objective, evaluate=evaluate_m2,
+               batches=m2_batches),
 }
 
 

@@ -15,7 +15,7 @@ from model.artefacts import append_jsonl, read_jsonl, write_bytes, write_json
 from model.config import TrainConfig
 from model.data import DataBundle, load_data, training_batches
 from model.evaluate import evaluate, split_elbo
-from model.kinds import build_model, build_objective
+from model.kinds import build_model, build_objective, get_kind
 from model.schedules import Progress
 
 
@@ -100,11 +100,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
 
     bar = _progress_bar(progress, start_epoch, config.epochs)
     batches_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    draw_batches = get_kind(config.kind).batches or training_batches
     for epoch in range(start_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
         sums: dict[str, float] = {}
-        for i, (x, y) in enumerate(training_batches(data.train, config.batch_size, data.binarize)):
+        seen = 0
+        for i, (x, y) in enumerate(draw_batches(data.train, config.batch_size, data.binarize)):
             position = Progress(epoch=epoch + i / batches_per_epoch, step=step)
             loss, diagnostics = objective(model, x, y, position)
             if not torch.isfinite(loss):
@@ -118,6 +120,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             step += 1
+            seen += x.shape[0]
             for key, value in diagnostics.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().sum().item()
         seconds = time.perf_counter() - started
@@ -125,11 +128,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
         record = {
             "epoch": epoch + 1,
             "step": step,
-            "train": {k: v / len(data.train) for k, v in sums.items()},
+            "train": {k: v / seen for k, v in sums.items()},
             "validation": split_elbo(model, data.validation, config.kl),
             **objective.schedule(Progress(epoch=epoch + 1, step=step)),
             "seconds": round(seconds, 3),
-            "images_per_second": round(len(data.train) / seconds, 1),
+            "images_per_second": round(seen / seconds, 1),
         }
         # Weights first, then optimizer state, then the metrics line: a crash between them leaves
         # a resumable state (resume trusts training_state.pt's epoch and trims metrics to it).

@@ -127,6 +127,22 @@ def run(tmp_path_factory):
     return train(config, tmp_path_factory.mktemp("runs") / "m2", data=load_data(config), progress=False)
 
 
+def test_every_training_batch_carries_labelled_images():
+    from model.data import Split
+    from model.m2 import m2_batches
+
+    y = torch.full((1000,), UNLABELLED)
+    y[:10] = torch.arange(10)
+    split = Split(torch.rand(1000, 1, 28, 28), y)
+    batches = list(m2_batches(split, 64, "none"))
+    assert len(batches) == 16  # one pass over the 990 unlabelled images
+    assert all((b_y != UNLABELLED).sum() == 10 for _, b_y in batches)  # min(64, 10 labels) each step
+    unlabelled_seen = sum(int((b_y == UNLABELLED).sum()) for _, b_y in batches)
+    assert unlabelled_seen == 990
+    labelled_only = Split(split.x[:10], split.y[:10])
+    assert sum(len(b_y) for _, b_y in m2_batches(labelled_only, 4, "none")) == 10
+
+
 def test_tiny_run_is_a_complete_checkpoint_that_answers_every_operation(run):
     for name in (CONFIG, WEIGHTS, METRICS, EVALUATION, CLASSIFIER, CALIBRATION, MANIFEST):
         assert (run / name).is_file(), name
