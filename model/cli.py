@@ -27,6 +27,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.skip_if_complete and is_complete(out):
         print(f"{out} already holds a complete run; nothing to do")
         return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # a runtime knob, not part of the run's config
     overrides = config_overrides(args)
     if args.resume and (out / CONFIG).exists():
         config = TrainConfig.load(out / CONFIG).replace(**{k: v for k, v in overrides.items() if k == "epochs"})
@@ -65,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--skip-if-complete", action="store_true", help="exit 0 if --out holds a complete run")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (default 0: torch's choice; 1 is often faster on a busy machine)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="recompute evaluation.json of a run")
