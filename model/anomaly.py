@@ -146,7 +146,7 @@ def fit_model(config, x: Tensor, *, epochs: int, perturb_rate: float = 0.0, seed
     model. The loop is the training loop stripped of checkpoints and metrics: companions and
     benchmark models are cheap to refit and never resumed.
     """
-    from model.data import Split, training_batches
+    from model.data import UNLABELLED, Split, training_batches
     from model.kinds import build_model, build_objective
     from model.schedules import Progress
 
@@ -156,7 +156,8 @@ def fit_model(config, x: Tensor, *, epochs: int, perturb_rate: float = 0.0, seed
     model = build_model(config, x.shape[1:]).to(x.device)
     objective = build_objective(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=weight_decay)
-    split = Split(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+    # Companions learn p(x) alone: no image carries a label (an M2 companion must not read class 0).
+    split = Split(x, torch.full((x.shape[0],), UNLABELLED, dtype=torch.long, device=x.device))
     batches = math.ceil(x.shape[0] / config.batch_size)
     model.train()
     step = 0

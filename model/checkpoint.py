@@ -4,7 +4,7 @@ A run directory holds:
 
     config.json            the TrainConfig (every setting of the run)
     model.safetensors      the weights
-    training_state.pt      optimizer and RNG state for --resume (tensors only: weights_only=True)
+    training_state.pt      model, optimizer and RNG state for --resume (tensors only: weights_only=True)
     metrics.jsonl          one line per completed epoch
     evaluation.json        test metrics
     classifier.safetensors the latent-feature classifier (exercise 2.4)
@@ -204,9 +204,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(run_dir, config, model, classifier, calibration, evaluation, manifest, companions)
 
 
-def save_training_state(run_dir: Path, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
-    """Optimizer state and RNG state after `epoch` completed epochs (for --resume)."""
+def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                        step: int) -> None:
+    """Model, optimizer and RNG state after `epoch` completed epochs, in one atomic file (for --resume)."""
     state = {
+        "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "step": step,

@@ -102,6 +102,14 @@ class TrainConfig:
             problems.append(f"hidden: expected positive widths, got {list(self.hidden)}")
         if not 0 < self.validation_fraction < 1:
             problems.append(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction}")
+        if self.objective == "iwae" and (self.beta != 1 or self.beta_warmup > 0 or self.kl == "analytic"):
+            problems.append(
+                "objective: 'iwae' trains the importance-weighted bound, which has no beta, warm-up or "
+                f"analytic KL; got beta={self.beta}, beta_warmup={self.beta_warmup}, kl={self.kl!r} "
+                "(use --objective elbo for those)"
+            )
+        if self.objective == "elbo" and self.k != 1:
+            problems.append(f"k: the ELBO objective draws one sample; got k={self.k} (use --objective iwae)")
         for name in ("epochs", "batch_size", "k", "eval_k", "calibration_k"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: expected >= 1, got {getattr(self, name)}")

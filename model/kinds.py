@@ -29,7 +29,7 @@ class GaussianObjective:
         self.iwae = ImportanceWeightedObjective(config.k) if config.objective == "iwae" else None
 
     def schedule(self, progress: Progress) -> dict[str, float]:
-        return {"beta": self.beta(progress)}
+        return {} if self.iwae is not None else {"beta": self.beta(progress)}
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: Progress):
         if self.iwae is not None:

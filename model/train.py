@@ -45,7 +45,10 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bo
                 f"--resume: the settings {sorted(differing)} differ from the run in {out}; "
                 "only --epochs may change when resuming"
             )
-        return saved.replace(epochs=config.epochs)
+        resumed = saved.replace(epochs=config.epochs)
+        if resumed != saved:  # a new epoch budget is part of the run from now on
+            write_json(out / ckpt.CONFIG, resumed.to_dict())
+        return resumed
     if has_run and not overwrite:
         raise TrainingError(
             f"{out} already holds a run; pass --resume to continue it, --overwrite to start afresh, "
@@ -86,7 +89,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
     start_epoch, step = 0, 0
     if resume and (out / ckpt.TRAINING_STATE).exists():
         state = ckpt.load_training_state(out)
-        model.load_state_dict(ckpt.load_model(out)[0].state_dict())
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         torch.set_rng_state(state["rng_cpu"])
@@ -134,11 +137,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
             "seconds": round(seconds, 3),
             "images_per_second": round(seen / seconds, 1),
         }
-        # Weights first, then optimizer state, then the metrics line: a crash between them leaves
-        # a resumable state (resume trusts training_state.pt's epoch and trims metrics to it).
-        ckpt.save_weights(out, model)
-        ckpt.save_training_state(out, optimizer, epoch + 1, step)
+        # The metrics line first, then the training state (model, optimizer, RNG and epoch in one
+        # atomic file), then the weights file. Resume trusts only training_state.pt: a crash after
+        # the metrics line leaves an extra line that resume trims, never a missing one.
         append_jsonl(out / ckpt.METRICS, record)
+        ckpt.save_training_state(out, model, optimizer, epoch + 1, step)
+        ckpt.save_weights(out, model)
         if bar is not None:
             bar.set_postfix(loss=f"{-record['train']['elbo']:.2f}", val_elbo=f"{record['validation']['elbo']:.2f}",
                             img_s=f"{record['images_per_second']:.0f}")
@@ -147,6 +151,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
         bar.close()
 
     if not ckpt.is_complete(out):
+        ckpt.save_weights(out, model)  # the weights file may predate a crash after the last state save
         finish(model, config, data, out)
     return out
 
@@ -156,6 +161,9 @@ def finish(model, config: TrainConfig, data: DataBundle, out: Path, k: int | Non
     the manifest (the run is complete). Companions already in `out` (`vae evaluate`) are reused."""
     from model.anomaly import fit_companions
 
+    # Files listed in the manifest are about to change: until the new manifest is written the run
+    # is incomplete, never "complete" with stale hashes.
+    (out / ckpt.MANIFEST).unlink(missing_ok=True)
     companions = ckpt.load_companions(out, config, data.train.x.device) or fit_companions(config, data.train.x)
     ckpt.save_companions(out, companions)
     evaluation, classifier, calibration = evaluate(

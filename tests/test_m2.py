@@ -206,3 +206,13 @@ def test_the_service_serves_m2_with_classes(run, asgi_client):
     for operation, body in (("encode", {"num_samples": 2}), ("elbo", {}), ("iwae", {"k": 5})):
         response = client.post(f"/models/m2/{operation}", json={"images": images, "seed": 0, **body})
         assert response.status_code == 200, (operation, response.text)
+
+
+def test_a_background_companion_of_m2_learns_from_unlabelled_images():
+    from model.anomaly import fit_companions
+
+    config = TrainConfig(kind="m2", classes=(3, 7), hidden=(16,), latent_features=2, batch_size=32,
+                         background_epochs=1)
+    companions = fit_companions(config, torch.rand(64, 1, 28, 28))
+    assert set(companions) == {"background"}
+    assert companions["background"].class_labels.tolist() == [3, 7]

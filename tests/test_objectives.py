@@ -123,7 +123,28 @@ class _LinearGaussian(nn.Module):
         return log_px_z + torch.distributions.Normal(0.0, 1.0).log_prob(z) - q.log_prob(z)
 
 
-def test_iwae_bound_chunks_agree_and_approach_closed_form():
+class _FixedWeights(nn.Module):
+    """Hands out the columns of a fixed (K, B) log-weight table in order, chunk after chunk."""
+
+    def __init__(self, log_w):
+        super().__init__()
+        self.log_w, self.used = log_w, 0
+
+    def log_weights(self, x, num_samples, noise=None):
+        chunk = self.log_w[self.used:self.used + num_samples]
+        self.used += num_samples
+        return chunk
+
+
+def test_iwae_bound_is_the_same_whatever_the_chunk_size():
+    log_w = 50 * torch.randn(1000, 4, dtype=torch.float64)  # spread widely: logsumexp must stay stable
+    x = torch.zeros(4, 1)
+    expected = torch.logsumexp(log_w, 0) - math.log(1000)
+    for chunk in (1, 7, 128, 1000, 5000):
+        assert torch.allclose(iwae_bound(_FixedWeights(log_w), x, 1000, chunk_size=chunk), expected)
+
+
+def test_iwae_bound_approaches_the_closed_form_log_px():
     torch.manual_seed(4)
     model = _LinearGaussian()
     x = torch.tensor([-1.0, 0.3, 2.5])
@@ -141,7 +162,16 @@ def test_iwae_bound_same_noise_same_answer_whatever_the_batching(vae):
     assert torch.allclose(together, torch.cat([first, second]), atol=1e-5)
 
 
-def test_iwae_objective_with_one_sample_is_the_elbo_gradient_estimator(vae):
+def test_iwae_objective_with_one_sample_is_the_elbo_with_sampled_kl(vae):
+    x = torch.rand(6, 1, 28, 28)
+    torch.manual_seed(11)
+    iwae_loss, _, _ = ImportanceWeightedObjective(1)(vae, x)
+    torch.manual_seed(11)  # the same posterior draw
+    elbo_loss, _, _ = VariationalInference(beta=1.0, kl="sampled")(vae, x)
+    assert torch.allclose(iwae_loss, elbo_loss, atol=1e-4)
+
+
+def test_iwae_objective_trains_the_encoder(vae):
     x = torch.rand(6, 1, 28, 28)
     loss, diagnostics, _ = ImportanceWeightedObjective(5)(vae, x)
     loss.backward()

@@ -65,6 +65,57 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, data):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_in", ["save_training_state", "save_weights"])
+def test_resume_after_a_crash_inside_the_epoch_end_save_is_exact(tmp_path, data, monkeypatch, crash_in):
+    import model.checkpoint as ckpt
+
+    straight = train(TrainConfig(**TINY), tmp_path / "straight", data=data, progress=False)
+    original, calls = getattr(ckpt, crash_in), []
+
+    def crash_on_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Crash()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, crash_in, crash_on_second_epoch)
+    with pytest.raises(_Crash):
+        train(TrainConfig(**TINY), tmp_path / "crashed", data=data, progress=False)
+    monkeypatch.setattr(ckpt, crash_in, original)
+    train(TrainConfig(**TINY), tmp_path / "crashed", resume=True, data=data, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    a, b = load_checkpoint(tmp_path / "crashed").model.state_dict(), load_checkpoint(straight).model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_an_interrupted_extension_resumes_to_the_new_epoch_budget(tmp_path, data, monkeypatch):
+    import model.checkpoint as ckpt
+
+    out = train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path / "extended", data=data, progress=False)
+    original, calls = ckpt.save_weights, []
+
+    def crash_on_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Crash()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_weights", crash_on_second_call)
+    with pytest.raises(_Crash):  # --resume --epochs 3, interrupted in epoch 3's save
+        train(TrainConfig(**{**TINY, "epochs": 3}), out, resume=True, data=data, progress=False)
+    monkeypatch.setattr(ckpt, "save_weights", original)
+    assert TrainConfig.load(out / "config.json").epochs == 3
+    saved = TrainConfig.load(out / "config.json")  # `vae train --resume` without --epochs uses the saved budget
+    train(saved, out, resume=True, data=data, progress=False)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert load_checkpoint(out).manifest["epochs_completed"] == 3
+
+
 def test_rerunning_into_an_existing_run_is_refused(run, data):
     with pytest.raises(TrainingError, match="already holds a run"):
         train(TrainConfig(**TINY), run, data=data, progress=False)
@@ -107,6 +158,10 @@ def test_bad_configs_are_refused():
         TrainConfig(classes=())
     with pytest.raises(ValueError, match="binarize: expected one of"):
         TrainConfig(binarize="sometimes")
+    with pytest.raises(ValueError, match="'iwae' trains the importance-weighted bound"):
+        TrainConfig(objective="iwae", k=5, beta=0.5)
+    with pytest.raises(ValueError, match="the ELBO objective draws one sample"):
+        TrainConfig(objective="elbo", k=5)
     with pytest.raises(DataError, match="no such directory"):
         load_data(TrainConfig(dataset="mnist", data_dir="/nonexistent/mnist"))
 
