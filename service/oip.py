@@ -225,15 +225,41 @@ def tensor_array(tensor: InputTensor, binary: memoryview, offset: int) -> tuple[
         raise BadInputError(f"{field}.data: expected the tensor's values (or binary data), got none")
     values = tensor.data if isinstance(tensor.data, list) else [tensor.data]
     if tensor.datatype == "BOOL":
-        array = np.asarray(values, dtype=np.bool_)
+        try:
+            array = np.asarray(values, dtype=np.bool_)
+        except (ValueError, TypeError):
+            raise BadInputError(f"{field}.data: expected a flat or regularly nested list of booleans") from None
+    elif tensor.datatype in INTEGERS:
+        array = _integer_array(values, dtype, f"{field}.data")
     else:
-        array = as_number_array(values, f"{field}.data")
-        if tensor.datatype in INTEGERS and not np.all(array == np.round(array)):
-            raise BadInputError(f"{field}.data: expected integers for {tensor.datatype}, got fractions")
-        array = array.astype(dtype)
+        array = as_number_array(values, f"{field}.data").astype(dtype)
     if array.size != count:
         raise BadInputError(f"{field}: expected {count} values for shape {tensor.shape}, got {array.size}")
     return array.reshape(tensor.shape), offset
+
+
+def _integer_array(values: list, dtype: np.dtype, field: str) -> np.ndarray:
+    """Integers parsed exactly (not through float32) and checked against the datatype's range."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):
+        raise BadInputError(f"{field}: expected a flat or regularly nested list of integers") from None
+    if array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+        array = array.astype(np.int64) if np.all(np.abs(array) < 2**62) else array
+    if array.size and array.dtype.kind not in "iu":
+        raise BadInputError(f"{field}: expected integers, got {array.dtype.name} values")
+    info = np.iinfo(dtype)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise BadInputError(f"{field}: expected integers in [{info.min}, {info.max}] for {dtype.name}, "
+                            f"got values in [{array.min()}, {array.max()}]")
+    return array.astype(dtype)
+
+
+def _flag(value, field: str) -> bool:
+    """A JSON boolean parameter; strings such as "false" are refused rather than read as true."""
+    if not isinstance(value, bool):
+        raise BadInputError(f"{field}: expected true or false, got {value!r}")
+    return value
 
 
 def _inputs(service: Service, entry: ModelEntry, operation: str, request: InferRequest,
@@ -287,7 +313,7 @@ def _parameters(operation: str, request: InferRequest) -> dict:
 
 
 def _response(model: OipModel, request: InferRequest, outputs: dict[str, np.ndarray]) -> Response:
-    default_binary = bool(request.parameters.get("binary_data_output", False))
+    default_binary = _flag(request.parameters.get("binary_data_output", False), "parameters.binary_data_output")
     if request.outputs:
         wanted = []
         for out in request.outputs:
@@ -295,7 +321,8 @@ def _response(model: OipModel, request: InferRequest, outputs: dict[str, np.ndar
                 raise BadInputError(f"outputs: {model} has outputs {sorted(outputs)}, got a request for {out.name!r}")
             if "classification" in out.parameters:
                 raise UnsupportedError(f"outputs.{out.name}: the classification extension is not supported")
-            wanted.append((out.name, bool(out.parameters.get("binary_data", default_binary))))
+            wanted.append((out.name, _flag(out.parameters.get("binary_data", default_binary),
+                                           f"outputs.{out.name}.parameters.binary_data")))
     else:
         wanted = [(name, default_binary) for name in outputs]
     tensors, buffers = [], []

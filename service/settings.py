@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     max_k: int = Field(5000, ge=1, description="largest number of importance samples a request may ask for")
     default_k: int = Field(100, ge=1, description="importance samples for /iwae when the request gives none")
     max_num_samples: int = Field(100, ge=0, description="most posterior samples per image for /encode")
-    iwae_chunk: int = Field(128, ge=1, description="importance samples per chunk of L_K (memory, not results)")
+    iwae_chunk: int = Field(128, ge=1, description="importance samples per chunk of L_K: bounds memory; seeded answers are reproducible for a fixed chunk size")
     api_token: SecretStr | None = Field(None, description="bearer token required on every route but health")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="logging level of the service's loggers and uvicorn's")

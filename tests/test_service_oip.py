@@ -133,6 +133,12 @@ def test_binary_tensor_extension_both_ways(client):
     ("tiny.elbo", {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 784],
                                "parameters": {"binary_data_size": 3136}}]}, 422, "binary data"),
     ("tiny.elbo", {"inputs": "images"}, 422, "inputs"),
+    ("tiny.sample", {"inputs": [{"name": "n", "datatype": "INT64", "shape": [1], "data": [1e30]}]}, 422, "integers"),
+    ("tiny.sample", {"inputs": [{"name": "n", "datatype": "UINT8", "shape": [1], "data": [-3]}]}, 422, "[0, 255]"),
+    ("tiny.sample", {"inputs": [{"name": "n", "datatype": "BOOL", "shape": [2], "data": [[1], [1, 2]]}]}, 422,
+     "booleans"),
+    ("tiny.elbo", {"inputs": [images_tensor()], "parameters": {"binary_data_output": "false"}}, 422,
+     "binary_data_output"),
 ])
 def test_bad_infer_requests(client, model, body, status, fragment):
     response = client.post(f"/v2/models/{model}/infer", json=body)
