@@ -110,6 +110,11 @@ class VariationalAutoencoder(nn.Module):
 
     def log_weights(self, x: Tensor, num_samples: int, noise: Noise | None = None) -> Tensor:
         """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x): shape (K, B)."""
+        log_px, log_pz, log_qz = self.log_weight_terms(x, num_samples, noise)
+        return log_px + log_pz - log_qz
+
+    def log_weight_terms(self, x: Tensor, num_samples: int, noise: Noise | None = None):
+        """(log p(x|z_k), log p(z_k), log q(z_k|x)) for z_k ~ q(z|x), each of shape (K, B)."""
         x = check_images(x, self.input_shape)
         qz = self.posterior(x)
         z = self._rsample(qz, (num_samples,), noise)  # (K, B, D)
@@ -117,7 +122,7 @@ class VariationalAutoencoder(nn.Module):
         log_px = reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)  # (K, B)
         log_pz = reduce_to(self.prior(x.shape[0]).log_prob(z), 2)
         log_qz = reduce_to(qz.log_prob(z), 2)
-        return log_px + log_pz - log_qz
+        return log_px, log_pz, log_qz
 
     def elbo_terms(self, x: Tensor, kl: str = "sampled", noise: Noise | None = None) -> ElboTerms:
         """Per-example ELBO terms from one posterior sample."""

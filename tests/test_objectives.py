@@ -177,6 +177,7 @@ def test_iwae_objective_trains_the_encoder(vae):
     loss.backward()
     assert all(p.grad is not None for p in vae.encoder.parameters())
     assert diagnostics["iwae"].shape == (6,)
+    assert torch.allclose(diagnostics["elbo"], diagnostics["log_px"] - diagnostics["kl"])
     with pytest.raises(ValueError, match="K >= 1"):
         ImportanceWeightedObjective(0)
 
