@@ -33,9 +33,8 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)  # a runtime knob, not part of the run's config
     overrides = config_overrides(args)
     if args.resume and (out / CONFIG).exists():
-        config = TrainConfig.load(out / CONFIG).replace(**{k: v for k, v in overrides.items() if k == "epochs"})
-        if set(overrides) - {"epochs"}:
-            config = config.replace(**overrides)  # let train() name the differing settings
+        # The saved run's settings, with the flags given; train() refuses any change but --epochs.
+        config = TrainConfig.load(out / CONFIG).replace(**overrides)
     else:
         config = TrainConfig(**overrides)
     run = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
