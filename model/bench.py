@@ -26,7 +26,8 @@ from pathlib import Path
 DATASETS = ("embedded", "mnist", "fashion-mnist")
 BENCHMARKS = ("oneclass-embedded", "oneclass-mnist", "oneclass-fashion-mnist",
               "mnist-vs-fashion-mnist", "fashion-mnist-vs-mnist")
-ALL_SCORES = ("elbo", "iwae", "reconstruction", "complexity", "excess", "likelihood_ratio", "likelihood_regret")
+ALL_SCORES = ("elbo", "iwae", "reconstruction", "relative_reconstruction", "complexity", "excess", "likelihood_ratio",
+              "likelihood_regret")
 # Published AUROCs (percent for one-class means, fraction for OOD as the papers print them).
 ANCHORS = {
     "oneclass-mnist": "Deep SVDD 94.8; VAE ≈ 97.0 (Abati et al. 2019); OCGAN 97.5; GEOM 98.0; ARNet 98.3",

@@ -1,7 +1,8 @@
 """Anomaly scores: functions of a trained model and a batch, higher meaning more anomalous.
 
 Every score has the signature `score(model, x, *, k, noise, companions) -> Tensor (B,)` in nats per
-image (except `reconstruction`, a squared error), so calibration and serving treat them alike.
+image (except `reconstruction`, a squared error, and `relative_reconstruction`, a ratio), so
+calibration and serving treat them alike.
 `companions` maps names to the extra models a run directory carries (`Checkpoint.companions`);
 `NEEDS` says which score needs which. The likelihood-correcting scores live in `model.anomaly`.
 """
@@ -13,7 +14,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from model.anomaly import KINDS, NEEDS, excess, input_complexity, likelihood_ratio, likelihood_regret
+from model.anomaly import (KINDS, NEEDS, excess, input_complexity, likelihood_ratio, likelihood_regret,
+                           relative_reconstruction)
 from model.noise import Noise
 from model.objectives import iwae_bound
 
@@ -42,6 +44,7 @@ SCORES: dict[str, ScoreFn] = {
     "iwae": negative_iwae,
     "elbo": negative_elbo,
     "reconstruction": reconstruction_error,
+    "relative_reconstruction": relative_reconstruction,
     "complexity": input_complexity,
     "excess": excess,
     "likelihood_ratio": likelihood_ratio,
@@ -52,9 +55,10 @@ DEFAULT_SCORE = "iwae"
 # the data set's two benchmark AUROCs (its one-class mean and its OOD direction) measured by
 # `vae bench anomaly` (docs/anomaly.md). The embedded set is MNIST digits. Unknown data: iwae.
 PREFERRED_SCORES: dict[str, tuple[str, ...]] = {
-    "mnist": ("excess", "reconstruction", "elbo", "iwae", "likelihood_ratio", "complexity"),
-    "fashion-mnist": ("excess", "reconstruction", "complexity", "elbo", "iwae", "likelihood_ratio"),
-    "embedded": ("excess", "reconstruction", "elbo", "iwae", "likelihood_ratio", "complexity"),
+    "mnist": ("relative_reconstruction", "excess", "reconstruction", "elbo", "iwae", "likelihood_ratio", "complexity"),
+    "fashion-mnist": ("relative_reconstruction", "excess", "reconstruction", "complexity", "elbo", "iwae",
+                      "likelihood_ratio"),
+    "embedded": ("relative_reconstruction", "excess", "reconstruction", "elbo", "iwae", "likelihood_ratio", "complexity"),
 }
 
 

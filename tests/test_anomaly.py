@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.anomaly import (BACKGROUND, complexity_bits, excess, fit_companions, fit_model, input_complexity,
-                           input_entropy, likelihood_ratio, likelihood_regret, perturb, score_split)
+from model.anomaly import (BACKGROUND, EDGE_FLOOR, complexity_bits, edge_energy, excess, fit_companions, fit_model,
+                           input_complexity, input_entropy, likelihood_ratio, likelihood_regret, perturb,
+                           relative_reconstruction, score_split)
 from model.bench import QUICK, auroc, run
 from model.calibration import AnomalyCalibration
 from model.checkpoint import load_companions, save_companions
@@ -71,6 +72,56 @@ def test_excess_is_the_nll_minus_the_input_entropy_and_never_below_the_latent_te
     z = trained.posterior(x).mu
     latent = trained.posterior(x).log_prob(z).sum(1) - trained.prior(8).log_prob(z).sum(1)
     assert (expected - latent >= -1e-3).all()
+
+
+def stroke(grey: float, length: int = 10) -> torch.Tensor:
+    """A vertical stroke of `length` pixels of one grey level, away from the border, on black."""
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 5:5 + length, 14] = grey
+    return x
+
+
+def test_edge_energy_counts_the_edges_of_a_stroke_in_square_root_grey_levels():
+    assert edge_energy(torch.zeros(2, 1, 28, 28)).tolist() == [0.0, 0.0]
+    assert edge_energy(torch.ones(1, 1, 28, 28)).item() == 0.0  # flat: no edge, however bright
+    # A 10-pixel stroke: 2 edges in each of its 10 rows, 1 at each end; each costs (√grey − 0)².
+    torch.testing.assert_close(edge_energy(stroke(1.0)), torch.tensor([22.0]))
+    torch.testing.assert_close(edge_energy(stroke(0.25)), torch.tensor([22 * 0.25]))
+    torch.testing.assert_close(edge_energy(stroke(1.0, length=20)), torch.tensor([42.0]))
+    with pytest.raises(ValueError, match=r"expected images \(B, ..., H, W\)"):
+        edge_energy(torch.zeros(3, 784))
+
+
+class Reconstructs(torch.nn.Module):
+    """A stand-in model whose reconstruction is a fixed function of the input."""
+
+    def __init__(self, fn, input_shape=(1, 28, 28)):
+        super().__init__()
+        self.fn, self.input_shape = fn, input_shape
+
+    def reconstruct(self, x):
+        return self.fn(x)
+
+
+def test_relative_reconstruction_is_the_root_error_over_the_edge_energy():
+    x = torch.cat([stroke(1.0), stroke(0.25, length=20)])
+    assert torch.equal(relative_reconstruction(Reconstructs(lambda v: v), x), torch.zeros(2))
+    # Reconstructing black misses every pixel by √x_i: the error is Σ x_i.
+    missed = relative_reconstruction(Reconstructs(torch.zeros_like), x)
+    torch.testing.assert_close(missed, torch.tensor([10 / (22 + EDGE_FLOOR), 5 / (42 * 0.25 + EDGE_FLOOR)]))
+    # Flat vectors are reshaped to the model's images; a model of vectors has no edges to count.
+    torch.testing.assert_close(relative_reconstruction(Reconstructs(torch.zeros_like), x.flatten(1)), missed)
+    with pytest.raises(ValueError, match="needs a model of images"):
+        relative_reconstruction(Reconstructs(torch.zeros_like, input_shape=(784,)), x.flatten(1))
+
+
+def test_relative_reconstruction_forgives_the_same_error_more_on_a_more_structured_image():
+    """The same missed pixels cost less on an image with more edges: the error is per unit of structure."""
+    simple, busy = stroke(1.0), stroke(1.0)
+    busy[..., 5:15, 4:12:2] = 1.0  # four more strokes elsewhere
+    miss_stroke = Reconstructs(lambda v: v * (stroke(1.0) == 0))  # loses exactly the shared stroke
+    scores = relative_reconstruction(miss_stroke, torch.cat([simple, busy]))
+    assert scores[0] > 4 * scores[1]
 
 
 def test_likelihood_ratio_against_itself_is_zero_and_needs_its_background(trained, digits):
