@@ -3,7 +3,7 @@
 The score is Σ(√x̂ − √x)² / (edge_energy(x) + 1). This trains the benchmark's one-class models
 (the course's MLP VAE, 30 epochs per class, as `vae bench anomaly` does, but with another seed
 than the reported run's by default) and prints the mean AUROC of the score with each part taken
-away or changed:
+away or changed, beside a baseline with no model (nearest training images):
 
     python benchmarks/relative_reconstruction_ablation.py --data-root ../shared/data --seed 1
 
@@ -70,7 +70,12 @@ def main() -> None:
             model = fit_model(config, filter_classes(train, [c]).x, epochs=args.epochs)
             with torch.no_grad():
                 rec = torch.cat([model.reconstruct(test.x[i:i + 2000]) for i in range(0, len(test), 2000)]).clamp(0, 1)
-            for variant, values in variants(test.x, rec).items():
+            scores = variants(test.x, rec)
+            # No model: the mean distance to the 5 nearest training images of the class, on raw pixels.
+            distances = torch.cdist(test.x.flatten(1), filter_classes(train, [c]).x.flatten(1))
+            scores["(no VAE) mean distance to the 5 nearest training images, raw pixels"] = (
+                distances.topk(5, largest=False).values.mean(1))
+            for variant, values in scores.items():
                 per_class.setdefault(variant, []).append(auroc(values, test.y != c))
         table[name] = {variant: float(np.mean(v)) for variant, v in per_class.items()}
         print(f"{name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
