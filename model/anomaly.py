@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from model.noise import GLOBAL_NOISE, Noise
 from model.objectives import iwae_bound, reduce_to
+from model.vae import check_images
 
 BACKGROUND = "background"
 NEEDS: dict[str, tuple[str, ...]] = {"likelihood_ratio": (BACKGROUND,)}
@@ -108,9 +109,9 @@ EDGE_FLOOR = 1.0  # added to the edge energy: a blank image's score stays finite
 def edge_energy(x: Tensor) -> Tensor:
     """Σ (√x_i − √x_j)² over horizontally and vertically adjacent pixels i, j: how much edge x has.
 
-    The squared total variation of the image in square-root grey levels (the scale that makes a
-    Bernoulli or Poisson pixel's noise constant, and in which the squared error is the Hellinger
-    distance's first term). A blank image has none; a thin stroke, twice its length; a textured
+    The sum of squared differences of neighbouring pixels (the image's Dirichlet energy) in
+    square-root grey levels: the scale that makes a Poisson pixel's noise constant, and in which
+    the squared error is the first term of the Hellinger distance. A blank image has none; a thin stroke, twice its length; a textured
     garment, much more.
 
     Args:
@@ -143,8 +144,8 @@ def relative_reconstruction(model: nn.Module, x: Tensor, *, k: int = 1, noise: N
     shape = tuple(getattr(model, "input_shape", ()))
     if len(shape) < 2:
         raise ValueError(f"relative reconstruction needs a model of images (C, H, W), got input shape {shape}")
-    x = x.reshape(x.shape[0], *shape)
-    error = (model.reconstruct(x).clamp(0, 1).sqrt() - x.clamp(0, 1).sqrt()).pow(2).flatten(1).sum(1)
+    x = check_images(x, shape)
+    error = (model.reconstruct(x).clamp(0, 1).sqrt() - x.sqrt()).pow(2).flatten(1).sum(1)
     return error / (edge_energy(x) + EDGE_FLOOR)
 
 
