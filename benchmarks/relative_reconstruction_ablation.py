@@ -7,7 +7,7 @@ away or changed, beside a baseline with no model (nearest training images):
 
     python benchmarks/relative_reconstruction_ablation.py --data-root ../shared/data --seed 1
 
-One thread per process; about 3 minutes per data set on an idle core.
+One thread per process; 2 to 3 minutes per data set on an idle core.
 """
 
 from __future__ import annotations
