@@ -202,9 +202,9 @@ def test_available_scores_follow_companions_and_the_default_follows_the_benchmar
     assert "likelihood_ratio" in available_scores(trained, {BACKGROUND: trained})
     assert default_score(None, without) == "iwae"
     # The benchmark's ranking (docs/anomaly.md): relative reconstruction on the full data sets,
-    # plain reconstruction on the embedded digits, where 400 images per class are too few for it.
+    # excess on the embedded digits, where 400 images per class are too few for the former.
     assert default_score("mnist", without) == default_score("fashion-mnist", without) == "relative_reconstruction"
-    assert default_score("embedded", without) == "reconstruction"
+    assert default_score("embedded", without) == "excess"
     with pytest.raises(ValueError, match="none of the preferred scores"):
         default_score("mnist", ["likelihood_regret"])
 
