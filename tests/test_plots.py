@@ -27,8 +27,9 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data):
-    return train(TrainConfig(**TINY), tmp_path_factory.mktemp("runs") / "tiny", data=data, progress=False)
+def run(tiny_run):
+    """The session's tiny two-unit run (tests/conftest.py): plots only read it."""
+    return tiny_run
 
 
 def _is_png(path: Path) -> bool:
