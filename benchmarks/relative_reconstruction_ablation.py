@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from model.anomaly import EDGE_FLOOR, edge_energy, fit_model
-from model.bench import _load, auroc
+from model.bench import auroc
 from model.config import TrainConfig
-from model.data import filter_classes
+from model.data import filter_classes, load_raw
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -64,7 +64,7 @@ def main() -> None:
     table: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
     for name in args.datasets:
-        train, test = _load(name, args.data_root, {})
+        train, test = load_raw(name, f"{args.data_root}/{name}")
         per_class: dict[str, list[float]] = {}
         for c in range(10):
             model = fit_model(config, filter_classes(train, [c]).x, epochs=args.epochs)
