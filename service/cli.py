@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from pathlib import Path
 
 
 def register(commands) -> None:
@@ -15,6 +16,26 @@ def register(commands) -> None:
     serve.set_defaults(handler=_serve)
 
 
+def check_model_dir(root: Path) -> None:
+    """Refuse (ValueError) a model directory that can serve nothing.
+
+    `create_app` over such a directory starts and answers 503 on every model route, which suits a
+    library user who fills the directory before starting the app. From the command line it is a
+    mistake (a typo, or no run trained yet) that waiting would not mend: the server does not pick
+    up runs added after it starts.
+    """
+    from service.registry import run_directories
+
+    expected = f"expected a folder of run directories written by `vae train --out {root}/NAME`"
+    if not root.exists():
+        raise ValueError(f"the model directory {root} does not exist; {expected}")
+    if not root.is_dir():
+        raise ValueError(f"the model directory {root} is not a directory; {expected}")
+    if not run_directories(root):
+        raise ValueError(f"the model directory {root} holds no run directories; train one first with "
+                         f"`vae train --out {root}/NAME` (the server does not pick up runs added after it starts)")
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -22,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     from service.settings import Settings
 
     settings = Settings(**({"model_dir": args.model_dir} if args.model_dir is not None else {}))
+    check_model_dir(settings.model_dir)  # `vae` prints the ValueError as one line and exits with 2
     # uvicorn stops accepting on SIGTERM or SIGINT, waits for requests in flight (at most the
     # timeout), runs the lifespan's shutdown (which drains the batchers), restores the handlers it
     # found and re-raises the signal. The handlers below receive that re-raised signal, so a

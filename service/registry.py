@@ -113,6 +113,11 @@ def unavailable_reason(entry: ModelEntry, operation: str) -> str | None:
     return None
 
 
+def run_directories(root: Path) -> list[Path]:
+    """The directories under `root` served as models (hidden ones, such as `.cache`, are skipped)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _spec(operation: str, name: str, value: np.ndarray) -> TensorSpec:
     dtype = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int64): "INT64",
              np.dtype(np.int32): "INT32", np.dtype(np.bool_): "BOOL"}.get(value.dtype, str(value.dtype).upper())
@@ -151,7 +156,7 @@ class Registry:
             self.problem = f"the model directory {root} does not exist (set VAE_MODEL_DIR or --model-dir)"
             log.error(self.problem)
         else:
-            runs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            runs = run_directories(root)
             if not runs:
                 self.problem = f"the model directory {root} holds no run directories (train one with `vae train --out {root}/NAME`)"
                 log.error(self.problem)

@@ -176,3 +176,34 @@ def test_serving_imports_no_training_libraries(model_dir):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ("missing", "vae serve: error: the model directory {root} does not exist; expected a folder of run "
+                "directories written by `vae train --out {root}/NAME`\n"),
+    ("empty", "vae serve: error: the model directory {root} holds no run directories; train one first with "
+              "`vae train --out {root}/NAME` (the server does not pick up runs added after it starts)\n"),
+    ("file", "vae serve: error: the model directory {root} is not a directory; expected a folder of run "
+             "directories written by `vae train --out {root}/NAME`\n"),
+])
+def test_serve_refuses_a_model_directory_with_nothing_to_serve(layout, expected, tmp_path, monkeypatch, capsys):
+    """One line on stderr and exit status 2, before uvicorn starts (it would answer 503 forever)."""
+    import uvicorn
+
+    from model.cli import main
+
+    root = tmp_path / "models"
+    if layout == "empty":
+        (root / ".cache").mkdir(parents=True)  # hidden directories are not runs
+        (root / "notes.txt").write_text("not a run")
+    elif layout == "file":
+        root.write_text("not a directory")
+
+    def run(*args, **kwargs):
+        raise AssertionError("uvicorn started over a model directory with nothing to serve")
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    assert main(["serve", "--model-dir", str(root), "--port", str(free_port())]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == expected.format(root=root)
+    assert captured.out == ""
