@@ -23,7 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import NotReadyError, OverloadedError, ServiceError
+from service.errors import NotReadyError, OverloadedError, ServiceError, plural
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Batcher:
             passes_ahead = math.ceil(sum(j.call.rows for j in self._queue) / self.max_batch_size) + 1
             retry = max(1, math.ceil(passes_ahead * self._seconds_per_pass))
             raise OverloadedError(
-                f"{self.name}: {len(self._queue)} requests are queued (VAE_MAX_QUEUE={self.max_queue}); "
+                f"{self.name}: the queue is full ({plural(len(self._queue), 'request')}, VAE_MAX_QUEUE={self.max_queue}); "
                 f"retry in {retry} s", retry)
         job = _Job(call, asyncio.get_running_loop().create_future())
         self._queue.append(job)

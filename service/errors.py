@@ -66,6 +66,11 @@ class NotReadyError(ServiceError):
     status = 503
 
 
+def plural(count: int, noun: str) -> str:
+    """`plural(1, "image")` is "1 image", `plural(3, "image")` "3 images"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 

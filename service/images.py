@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.errors import BadInputError
+from service.errors import BadInputError, plural
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -67,8 +67,8 @@ def check_images(array: np.ndarray, input_shape: Sequence[int], field: str = "im
     n_pixels = math.prod(input_shape)
     accepted = {(n_pixels,), tuple(input_shape), tuple(input_shape[-2:])}
     if array.ndim < 2 or tuple(array.shape[1:]) not in accepted:
-        got = f"{array.shape[0]} images of shape {_shape_text(array.shape[1:])}" if array.ndim >= 2 else \
-            f"a flat list of {array.shape[0]} numbers (wrap a single image in a list)"
+        got = f"{plural(array.shape[0], 'image')} of shape {_shape_text(array.shape[1:])}" if array.ndim >= 2 else \
+            f"a flat list of {plural(array.shape[0], 'number')} (wrap a single image in a list)"
         raise BadInputError(
             f"{field}: expected a list of images, each {n_pixels} numbers or {_shape_text(input_shape[-2:])} "
             f"nested lists, got {got}"
@@ -101,9 +101,20 @@ def decode_png(data: bytes, input_shape: Sequence[int], field: str) -> np.ndarra
         else:
             # Colour or palette PNGs become grey with PIL's ITU-R 601-2 luma; alpha is ignored.
             pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
-        raise BadInputError(f"{field}: expected a PNG file, got undecodable data ({error})") from None
+    except UnidentifiedImageError:  # its message holds the repr of our BytesIO, not news to the client
+        raise BadInputError(f"{field}: expected a PNG image, got {_bytes_text(data)}, which is no "
+                            f"known image format") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
+        raise BadInputError(f"{field}: expected a PNG image, got {_bytes_text(data)} that cannot be decoded "
+                            f"({error})") from None
     return np.clip(pixels, 0.0, 1.0)
+
+
+def _bytes_text(data: bytes) -> str:
+    """How many bytes, and the first 8: where a PNG has its signature."""
+    if not data:
+        return "an empty file"
+    return f"{plural(len(data), 'byte')} starting with {data[:8]!r}"
 
 
 def decode_base64_pngs(items, input_shape: Sequence[int], field: str = "images_png") -> np.ndarray:
@@ -157,7 +168,7 @@ def latents_from_request(z, latent_features: int, max_images: int) -> np.ndarray
     array = as_number_array(z, "z")
     if array.ndim != 2 or array.shape[1] != latent_features:
         got = f"shape {_shape_text(array.shape)}" if array.ndim != 1 else \
-            f"a flat list of {array.shape[0]} numbers (wrap a single latent in a list)"
-        raise BadInputError(f"z: expected a list of latent vectors of {latent_features} numbers each, got {got}")
+            f"a flat list of {plural(array.shape[0], 'number')} (wrap a single latent in a list)"
+        raise BadInputError(f"z: expected a list of latent vectors of {plural(latent_features, 'number')} each, got {got}")
     check_count(array.shape[0], max_images, "z")
     return array

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from service.batching import ArrivalGate, Batcher
-from service.errors import BadInputError, NotReadyError, UnsupportedError
+from service.errors import BadInputError, NotReadyError, UnsupportedError, plural
 from service.metrics import Metrics
 from service.operations import OPERATIONS, Call, Outputs, run_batch
 from service.registry import ModelEntry, Registry
@@ -84,7 +84,7 @@ class Inference:
              seed: int | None = None, labels=None, **params) -> Call:
         rows = inputs.shape[0] if inputs is not None else int(n)
         if operation == "sample" and rows > self.settings.max_images:
-            raise BadInputError(f"n: expected at most {self.settings.max_images} samples per request "
+            raise BadInputError(f"n: expected at most {plural(self.settings.max_images, 'sample')} per request "
                                 f"(VAE_MAX_IMAGES), got {rows}")
         return Call(rows=rows, inputs=inputs, labels=self.labels(entry, operation, labels, rows), seed=seed,
                     key=self.key(entry, operation, params))

@@ -24,7 +24,9 @@ from pydantic_core import to_json
 
 from service.auth import require_token
 from service.bodies import parse_json
-from service.errors import BadInputError, ModelNotFoundError, PayloadTooLargeError, UnsupportedError, bad_input_from
+from service.errors import (
+    BadInputError, ModelNotFoundError, PayloadTooLargeError, UnsupportedError, bad_input_from, plural,
+)
 from service.images import as_number_array, check_count, check_images
 from service.operations import OPERATIONS
 from service.registry import ModelEntry
@@ -187,7 +189,7 @@ async def read_infer_request(request: Request, limit: int) -> tuple[InferRequest
         except ValueError:
             raise BadInputError(f"Inference-Header-Content-Length: expected an integer, got {header!r}") from None
         if not 0 <= size <= len(body):
-            raise BadInputError(f"Inference-Header-Content-Length: expected at most the body's {len(body)} bytes, got {size}")
+            raise BadInputError(f"Inference-Header-Content-Length: expected at most the body's {plural(len(body), 'byte')}, got {size}")
         head, binary = body[:size], memoryview(body)[size:]
     else:
         head, binary = body, memoryview(b"")
@@ -212,10 +214,11 @@ def tensor_array(tensor: InputTensor, binary: memoryview, offset: int) -> tuple[
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize:
-            raise BadInputError(f"{field}.parameters.binary_data_size: expected {count * dtype.itemsize} bytes "
-                                f"for shape {tensor.shape} of {tensor.datatype}, got {size!r}")
+            expected = plural(count * dtype.itemsize, "byte")
+            raise BadInputError(f"{field}.parameters.binary_data_size: expected {expected} for shape {tensor.shape} "
+                                f"of {tensor.datatype}, got {size!r}")
         if offset + size > len(binary):
-            raise BadInputError(f"{field}: expected {size} bytes of binary data, but the body holds "
+            raise BadInputError(f"{field}: expected {plural(size, 'byte')} of binary data, but the body holds "
                                 f"{len(binary) - offset} after the JSON header")
         array = np.frombuffer(binary[offset:offset + size], dtype=dtype.newbyteorder("<")).reshape(tensor.shape)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -234,7 +237,7 @@ def tensor_array(tensor: InputTensor, binary: memoryview, offset: int) -> tuple[
     else:
         array = as_number_array(values, f"{field}.data").astype(dtype)
     if array.size != count:
-        raise BadInputError(f"{field}: expected {count} values for shape {tensor.shape}, got {array.size}")
+        raise BadInputError(f"{field}: expected {plural(count, 'value')} for shape {tensor.shape}, got {array.size}")
     return array.reshape(tensor.shape), offset
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import threading
 
@@ -117,6 +118,40 @@ def test_multipart_upload_errors(client):
     assert_error(client.post("/models/tiny/elbo", files=bad_field, data={"seed": "x"}), 422, "seed", "'x'")
     ok = client.post("/models/tiny/elbo", files=bad_field, data={"seed": "3", "beta": "0.5"})
     assert ok.status_code == 200 and ok.json()["beta"] == 0.5
+
+
+def test_a_file_that_is_not_a_png_is_described_by_its_bytes(client):
+    """What arrived, as bytes: never the repr of a Python object (PIL's message names its BytesIO)."""
+    gif = b"GIF89a\x01\x00\x01\x00\x00\x00"  # 12 bytes: a GIF header, too short to decode
+    response = client.post("/models/tiny/elbo", files=[("images", ("a.gif", gif, "image/gif"))])
+    assert response.status_code == 422
+    assert response.json() == {"error": "images_png[0]: expected a PNG image, got 12 bytes starting with "
+                                        "b'GIF89a\\x01\\x00', which is no known image format"}
+    empty = client.post("/models/tiny/elbo", json={"images_png": [""]})
+    assert empty.status_code == 422
+    assert empty.json() == {"error": "images_png[0]: expected a PNG image, got an empty file, which is no known "
+                                     "image format"}
+
+
+@pytest.mark.parametrize("path, body, message", [
+    ("/models/tiny/elbo", {"images": [[0.5, 0.5]]},
+     "images: expected a list of images, each 784 numbers or 28×28 nested lists, got 1 image of shape 2"),
+    ("/models/tiny/elbo", {"images": [0.5]},
+     "images: expected a list of images, each 784 numbers or 28×28 nested lists, got a flat list of 1 number "
+     "(wrap a single image in a list)"),
+    ("/models/tiny/decode", {"z": [0.0]},
+     "z: expected a list of latent vectors of 2 numbers each, got a flat list of 1 number (wrap a single latent "
+     "in a list)"),
+    ("/v2/models/tiny.elbo/infer", {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1], "data": [0, 0]}]},
+     "inputs.images: expected 1 value for shape [1], got 2"),
+    ("/v2/models/tiny.elbo/infer", {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1],
+                                                "parameters": {"binary_data_size": 2}}]},
+     "inputs.images.parameters.binary_data_size: expected 1 byte for shape [1] of UINT8, got 2"),
+])
+def test_counts_of_one_read_as_english(client, path, body, message):
+    response = client.post(path, json=body)
+    assert response.status_code == 422
+    assert response.json() == {"error": message}
 
 
 def test_unknown_model_and_route(client):
@@ -238,7 +273,8 @@ def test_full_queue_is_429_with_retry_after(model_dir, asgi_client):
     assert [r.status_code for r in responses] == [200, 200, 429], [r.text for r in responses]
     rejected = responses[2]
     assert int(rejected.headers["retry-after"]) >= 1
-    assert "VAE_MAX_QUEUE=1" in rejected.json()["error"]
+    assert re.fullmatch(r"tiny\.elbo: the queue is full \(1 request, VAE_MAX_QUEUE=1\); retry in \d+ s",
+                        rejected.json()["error"]), rejected.json()
 
 
 def random_json(rng, depth: int = 0):
