@@ -114,6 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
         message = error.detail if isinstance(error.detail, str) else str(error.detail)
         if error.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; see /docs"
+        elif error.status_code == 405 and message == "Method Not Allowed":
+            allowed = (error.headers or {}).get("Allow", "")
+            message = f"{request.url.path} does not answer {request.method}; expected {allowed or 'another method'}"
         return error_response(error.status_code, message, getattr(error, "headers", None))
 
     @app.exception_handler(Exception)

@@ -161,6 +161,18 @@ def test_unknown_model_and_route(client):
     assert_error(client.post("/models/tiny/teleport", json={}), 404)
 
 
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/models/tiny/elbo", "POST"),
+    ("DELETE", "/models", "GET"),
+    ("PUT", "/v2/models/tiny.elbo/infer", "POST"),
+])
+def test_a_wrong_method_is_405_naming_the_allowed_ones(client, method, path, allowed):
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json() == {"error": f"{path} does not answer {method}; expected {allowed}"}
+
+
 def test_body_over_the_limit(client):
     big = json.dumps({"images": [GOOD] * 80}).encode()  # ~ 310 kB > 256 KiB
     assert_error(client.post("/models/tiny/elbo", content=big, headers={"content-type": "application/json"}),
