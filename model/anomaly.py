@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ REGRET_STEPS = 20  # Adam steps on each image's posterior; AUROC settles well be
 REGRET_LR = 0.1
 REGRET_SAMPLES = 4  # posterior samples in the ELBO that the regret optimises
 NLL_SCORES = ("iwae", "complexity", "excess", "likelihood_ratio")  # the scores built on −L_K(x)
+K_SCORES = NLL_SCORES  # the scores whose value depends on k (the others accept it and ignore it)
 
 
 # --- input complexity (Serrà et al. 2020) ------------------------------------------------------
@@ -297,7 +298,8 @@ def likelihood_regret(model: nn.Module, x: Tensor, *, k: int = 1, noise: Noise |
 @torch.no_grad()
 def score_split(model: nn.Module, x: Tensor, names, *, k: int, noise: Noise | None = None,
                 companions: Mapping[str, nn.Module] | None = None, batch_size: int = 200,
-                params: Mapping[str, dict] | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
+                params: Mapping[str, dict] | None = None,
+                progress: Callable[[int], object] | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Several scores of the images x (N, ...), in batches, with −L_K(x) computed once for all.
 
     The scores built on −L_K (`NLL_SCORES`) use the formulas of their functions (complexity =
@@ -305,6 +307,8 @@ def score_split(model: nn.Module, x: Tensor, names, *, k: int, noise: Noise | No
     −L_K, so they see the same importance samples and cost one bound between them; the other
     scores call their function in `model.scores.SCORES` with `params[name]` as extra keywords.
 
+    Args:
+        progress: called with the number of images after each batch of each pass (a bar's `update`).
     Returns:
         ({name: (N,) CPU tensor}, {name: seconds}); a score built on −L_K counts its seconds too.
     """
@@ -322,7 +326,12 @@ def score_split(model: nn.Module, x: Tensor, names, *, k: int, noise: Noise | No
 
     def timed(name, fn):
         started = time.perf_counter()
-        values[name] = torch.cat([fn(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)])
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            out.append(fn(x[i:i + batch_size].to(device)).cpu())
+            if progress is not None:
+                progress(out[-1].shape[0])
+        values[name] = torch.cat(out)
         seconds[name] = time.perf_counter() - started
 
     for name in names:

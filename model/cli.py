@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from model.config import TrainConfig, add_config_arguments, config_overrides
+from model.kinds import KINDS
 
 
 SUBCOMMAND_MODULES: tuple[str, ...] = ("model.bench", "model.plots", "model.sweep", "model.report", "model.demos")
@@ -21,7 +22,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = ("model.bench", "model.plots", "model.swee
 
 def _train(args: argparse.Namespace) -> int:
     from model.checkpoint import CONFIG, is_complete
-    from model.train import train
+    from model.train import summary, train
 
     out = Path(args.out)
     if args.skip_if_complete and is_complete(out):
@@ -38,20 +39,20 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = TrainConfig(**overrides)
     run = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"run written to {run}")
+    print(summary(run))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model.checkpoint import load_model
     from model.data import load_data
-    from model.train import finish, resolve_device
+    from model.train import finish, resolve_device, summary
 
     model, config = load_model(args.run_dir)
     model.to(resolve_device(config.device if args.device is None else args.device))
     data = load_data(config).to(next(model.parameters()).device)
-    evaluation = finish(model, config, data, Path(args.run_dir), k=args.k)
-    print(f"test ELBO {evaluation['test']['elbo']:.2f}, L_{evaluation['iwae']['k']} {evaluation['iwae']['log_px']:.2f} nats")
+    finish(model, config, data, Path(args.run_dir), k=args.k, progress=not args.quiet)
+    print(summary(args.run_dir))
     return 0
 
 
@@ -60,14 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model into a run directory",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_arguments(train)
+    train = commands.add_parser("train", help="train a model into a run directory")
+    add_config_arguments(train, choices={"kind": tuple(KINDS)})
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--skip-if-complete", action="store_true", help="exit 0 if --out holds a complete run")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (default 0: torch's choice; 1 is often faster on a busy machine)")
     train.set_defaults(handler=_train)
@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="recompute evaluation.json of a run")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--k", type=int, default=None, help="importance samples (default: the run's eval_k)")
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                          help="where to evaluate (default: the run's device)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(handler=_evaluate)
 
     # Subcommands defined beside the code they run. Each module has `register(commands)` and keeps
@@ -99,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (CheckpointError, DataError, TrainingError, ValueError) as error:
         print(f"vae {args.command}: error: {error}", file=sys.stderr)
+        for note in getattr(error, "__notes__", ()):  # e.g. how to resume a run that failed mid-way
+            print(f"vae {args.command}: {note}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"vae {args.command}: interrupted; `vae train --resume --out DIR` continues a run", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        notes = getattr(interrupt, "__notes__", ()) or ["nothing was kept"] * (args.command == "train")
+        print(f"vae {args.command}: interrupted" + "".join(f"; {n}" for n in notes), file=sys.stderr)
         return 130

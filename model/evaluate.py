@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from model.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration, ScoreCalibration
 from model.classifier import LinearSoftmaxClassifier, fit_logistic_regression
 from model.data import DataBundle, Split, eval_batches, labelled
 from model.kinds import get_kind
 from model.objectives import iwae_bound
-from model.anomaly import score_split
+from model.anomaly import K_SCORES, score_split
 from model.scores import available_scores, default_score
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
@@ -40,10 +41,15 @@ def split_elbo(model: nn.Module, split: Split, kl: str = "sampled", batch_size: 
 
 
 @torch.no_grad()
-def split_iwae(model: nn.Module, split: Split, k: int, batch_size: int = 100) -> Tensor:
-    """L_K per image over a split, on the CPU (N,)."""
+def split_iwae(model: nn.Module, split: Split, k: int, batch_size: int = 100, progress: bool = False) -> Tensor:
+    """L_K per image over a split, on the CPU (N,); `progress` shows a bar over the images."""
     device = _device(model)
-    return torch.cat([iwae_bound(model, x.to(device), k).cpu() for x, _ in eval_batches(split, batch_size)])
+    out = []
+    with tqdm(total=len(split), desc=f"test L_{k}", unit="img", disable=not progress, leave=False) as bar:
+        for x, _ in eval_batches(split, batch_size):
+            out.append(iwae_bound(model, x.to(device), k).cpu())
+            bar.update(x.shape[0])
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -93,30 +99,36 @@ def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[
 
 
 def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | None = None,
-              dataset: str | None = None) -> AnomalyCalibration:
+              dataset: str | None = None, progress: bool = False) -> AnomalyCalibration:
     """Quantiles of every anomaly score available to the model on held-out normal images.
 
     The default is the benchmark's best available score for `dataset` (`model.scores.default_score`).
+    A score's stored parameters are those it uses (`k` for the scores built on L_K).
     """
     names = available_scores(model, companions)
-    values, _ = score_split(model, normal.x, names, k=k, companions=companions, batch_size=100)  # −L_K once for all
-    calibrations = {name: ScoreCalibration.fit(name, values[name].numpy(), {"k": k}) for name in names}
+    with tqdm(desc=f"calibrating {len(names)} anomaly scores", unit="img", disable=not progress,
+              leave=False) as bar:
+        values, _ = score_split(model, normal.x, names, k=k, companions=companions, batch_size=100,
+                                progress=bar.update)  # −L_K once for all
+    calibrations = {name: ScoreCalibration.fit(name, values[name].numpy(), {"k": k} if name in K_SCORES else {})
+                    for name in names}
     return AnomalyCalibration(calibrations, default_score(dataset, names))
 
 
 def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, kl: str = "sampled",
-             seed: int = 0, companions: dict | None = None,
-             dataset: str | None = None) -> tuple[dict, LinearSoftmaxClassifier | None, AnomalyCalibration]:
+             seed: int = 0, companions: dict | None = None, dataset: str | None = None,
+             progress: bool = False) -> tuple[dict, LinearSoftmaxClassifier | None, AnomalyCalibration]:
     """Every number of evaluation.json, plus the classifier and calibration it reports on.
 
-    `companions` (e.g. the background model) and `dataset` go to `calibrate`.
+    `companions` (e.g. the background model) and `dataset` go to `calibrate`; `progress` shows
+    bars for the long parts (the test L_K and the calibration).
     """
     started = time.perf_counter()
     model.eval()
     torch.manual_seed(seed)
     n_pixels = math.prod(model.input_shape)
     test = split_elbo(model, data.test, kl)
-    log_px = split_iwae(model, data.test, k)
+    log_px = split_iwae(model, data.test, k, progress=progress)
     iwae = float(log_px.mean())
     recon = reconstruction_errors(model, data.test)
     per_class = {
@@ -127,7 +139,8 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
     }
     classifier, classifier_summary = fit_classifiers(model, data, seed)
     kind_evaluation = get_kind(model.kind).evaluate  # numbers only this kind has (e.g. M2's own error)
-    calibration = calibrate(model, data.validation, calibration_k, companions=companions, dataset=dataset)
+    calibration = calibrate(model, data.validation, calibration_k, companions=companions, dataset=dataset,
+                            progress=progress)
     default = calibration.scores[calibration.default]
     evaluation = {
         "test": {**test, "images": len(data.test)},

@@ -25,6 +25,7 @@ from torch import Tensor
 
 PLOTS_DIR = "plots"
 PRIOR_RADIUS = 2.0  # the prior's 2σ disk, drawn behind the posterior ellipses
+MAX_ELLIPSES = 400  # more ellipses would hide the means under them
 DPI = 80
 GAUSSIAN_PLOTS = ("reconstructions", "latent", "learning_curves", "samples", "interpolations", "manifold", "unit_kl")
 
@@ -124,7 +125,8 @@ def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, see
         mu, sigma = encoded["mu"].cpu().numpy(), encoded["sigma"].cpu().numpy()
         fig, ax = plt.subplots(figsize=(5.2, 5))
         ax.add_patch(Circle((0, 0), PRIOR_RADIUS, color="0.85", zorder=0, label="p(z): 2σ"))
-        for m, s, c in zip(mu[:400], sigma[:400], colors[:400]):
+        n_ellipses = min(len(mu), MAX_ELLIPSES)
+        for m, s, c in zip(mu[:n_ellipses], sigma[:n_ellipses], colors[:n_ellipses]):
             ax.add_patch(Ellipse(tuple(m), 4 * s[0], 4 * s[1], facecolor="none", edgecolor=c, alpha=0.25, lw=0.6))
         ax.scatter(mu[:, 0], mu[:, 1], c=colors, s=4)
         limit = max(3.0, float(np.abs(mu).max()) * 1.05)
@@ -133,7 +135,7 @@ def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, see
         ax.set_aspect("equal")
         ax.set_xlabel("$z_1$")
         ax.set_ylabel("$z_2$")
-        ax.set_title("q(z|x): means and 2σ ellipses (400 shown) over the prior", fontsize=9)
+        ax.set_title(f"q(z|x) over the prior: {len(mu):,} means, 2σ ellipses of {n_ellipses:,}", fontsize=9)
         _legend_for_classes(ax, labels)
         return save_figure(fig, path)
 

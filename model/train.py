@@ -61,17 +61,15 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bo
     return config
 
 
-def _mean(values: dict[str, list[float]], counts: int) -> dict[str, float]:
-    return {k: v / counts for k, v in values.items()}
-
-
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool = True, data: DataBundle | None = None) -> Path:
     """Train a model as `config` says and write a complete run directory to `out_dir`.
 
     Each epoch appends to metrics.jsonl and saves weights and optimizer state atomically, so an
     interrupted run continues with `resume=True` from the last completed epoch. After the last
-    epoch the model is evaluated and the manifest is written.
+    epoch the model is evaluated and the manifest is written. A run that fails before its first
+    epoch is saved leaves nothing behind (a retry starts afresh); one that fails later keeps its
+    last epoch, and the error carries a note saying how to resume it.
 
     Args:
         data: pre-loaded splits (tests and sweeps share them); loaded from `config` if omitted.
@@ -79,7 +77,29 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
         The run directory.
     """
     out = Path(out_dir)
+    created = not out.exists()
     config = _prepare_run_dir(out, config, resume, overwrite)
+    try:
+        return _train(config, out, resume=resume, progress=progress, data=data)
+    except BaseException as error:
+        if (out / ckpt.TRAINING_STATE).exists():
+            error.add_note(f"the run in {out} keeps its last completed epoch; continue it with "
+                           f"`vae train --out {out} --resume`")
+        elif not resume:
+            _discard(out, created)
+        raise
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Remove what a run that never completed an epoch wrote, so a retry is not refused."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in (*ckpt.ARTEFACTS, ckpt.TRAINING_STATE, ckpt.MANIFEST):
+        (out / name).unlink(missing_ok=True)
+
+
+def _train(config: TrainConfig, out: Path, *, resume: bool, progress: bool, data: DataBundle | None) -> Path:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     data = (data or load_data(config)).to(device)
@@ -152,11 +172,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
 
     if not ckpt.is_complete(out):
         ckpt.save_weights(out, model)  # the weights file may predate a crash after the last state save
-        finish(model, config, data, out)
+        finish(model, config, data, out, progress=progress)
     return out
 
 
-def finish(model, config: TrainConfig, data: DataBundle, out: Path, k: int | None = None) -> dict:
+def finish(model, config: TrainConfig, data: DataBundle, out: Path, k: int | None = None,
+           progress: bool = False) -> dict:
     """Fit the anomaly scores' companions, evaluate, store the classifier and calibration, then write
     the manifest (the run is complete). Companions already in `out` (`vae evaluate`) are reused."""
     from model.anomaly import fit_companions
@@ -168,13 +189,32 @@ def finish(model, config: TrainConfig, data: DataBundle, out: Path, k: int | Non
     ckpt.save_companions(out, companions)
     evaluation, classifier, calibration = evaluate(
         model, data, k=k or config.eval_k, calibration_k=config.calibration_k, kl=config.kl, seed=config.seed,
-        companions=companions, dataset=config.dataset)
+        companions=companions, dataset=config.dataset, progress=progress)
     if classifier is not None:
         ckpt.save_tensors(out / ckpt.CLASSIFIER, classifier.state_tensors())
     write_json(out / ckpt.CALIBRATION, calibration.to_dict())
     write_json(out / ckpt.EVALUATION, evaluation)
     ckpt.write_manifest(out, config, {"epochs_completed": config.epochs})
     return evaluation
+
+
+def summary(run_dir: str | Path) -> str:
+    """A few lines for a person: the run's test bounds, classifier accuracy and default anomaly score."""
+    run = Path(run_dir)
+    evaluation = json.loads((run / ckpt.EVALUATION).read_text())
+    test, iwae, calibration = evaluation["test"], evaluation["iwae"], evaluation["calibration"]
+    lines = [f"run written to {run}",
+             f"  test ELBO          {test['elbo']:.2f} nats ({test['images']:,} images)",
+             f"  test L_{iwae['k']:<11} {iwae['log_px']:.2f} nats ({iwae['bits_per_dim']:.4f} bits/dim)"]
+    classifier = evaluation.get("classifier", {})
+    if "latent_accuracy" in classifier:
+        lines.append(f"  latent classifier  {100 * classifier['latent_accuracy']:.1f} % test accuracy "
+                     f"(pixels: {100 * classifier['pixel_accuracy']:.1f} %)")
+    else:
+        lines.append(f"  latent classifier  none: {classifier.get('skipped', 'not fitted')}")
+    lines.append(f"  anomaly score      {calibration['score']} (flags above {calibration['threshold']:.4g}, "
+                 f"{100 * calibration['false_positive_rate']:g} % of normal images)")
+    return "\n".join(lines)
 
 
 def _progress_bar(enabled: bool, start: int, total: int):

@@ -164,7 +164,7 @@ def test_temperature_is_annealed_and_recorded(run):
 
 def test_cli_trains_with_straight_through_samples(tmp_path):
     code = main(["train", "--kind", "categorical", "--categorical-variables", "2", "--categories", "3",
-                 "--straight-through", "true", "--hidden", "16", "--epochs", "1", "--train-subset", "200",
+                 "--straight-through", "--hidden", "16", "--epochs", "1", "--train-subset", "200",
                  "--eval-k", "2", "--calibration-k", "2", "--quiet", "--out", str(tmp_path / "st")])
     assert code == 0
     assert TrainConfig.load(tmp_path / "st" / "config.json").straight_through is True
