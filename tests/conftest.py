@@ -1,11 +1,18 @@
-"""Fixtures shared across the test suite: a tiny trained run (once per test run) and a way to drive
-the service's ASGI app from synchronous tests."""
+"""Fixtures shared across the test suite: a tiny trained run (once per test run), a way to drive
+the service's ASGI app from synchronous tests, and `vae serve` in its own process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -102,3 +109,53 @@ def asgi_client():
     yield start
     for client in clients:
         client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """A factory: `live_server(model_dir, **env)` runs `vae serve` over `model_dir` on a free port of
+    127.0.0.1 (with the extra `VAE_*` environment given) and returns `(process, port, base_url)` once
+    /health/ready answers 200. Servers still running at the end of the session are killed."""
+    processes = []
+
+    def start(model_dir: Path, **env: str) -> tuple[subprocess.Popen, int, str]:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "model", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
+             "--port", str(port)],
+            env={**os.environ, "VAE_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1", **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited early ({process.returncode}):\n{process.stdout.read()}")
+            try:
+                if _status(f"{base}/health/ready") == 200:
+                    return process, port, base
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        process.kill()
+        pytest.fail("the server did not become ready within 120 s")
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,12 +20,6 @@ import pytest
 
 rng = np.random.default_rng(1)
 IMAGES = rng.uniform(0, 1, (2, 784)).astype(np.float32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -47,27 +40,8 @@ def post_json(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    port = free_port()
-    env = {**os.environ, "VAE_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1", "VAE_SHUTDOWN_TIMEOUT_S": "60"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model", "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited early ({process.returncode}):\n{process.stdout.read()}")
-        try:
-            if get(f"{base}/health/ready")[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("the server did not become ready within 120 s")
+def server(model_dir, live_server):
+    process, port, base = live_server(model_dir, VAE_SHUTDOWN_TIMEOUT_S="60")
     yield process, port, base
     if process.poll() is None:
         process.kill()
@@ -203,7 +177,7 @@ def test_serve_refuses_a_model_directory_with_nothing_to_serve(layout, expected,
         raise AssertionError("uvicorn started over a model directory with nothing to serve")
 
     monkeypatch.setattr(uvicorn, "run", run)
-    assert main(["serve", "--model-dir", str(root), "--port", str(free_port())]) == 2
+    assert main(["serve", "--model-dir", str(root)]) == 2
     captured = capsys.readouterr()
     assert captured.err == expected.format(root=root)
     assert captured.out == ""
