@@ -8,9 +8,11 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Response
+from fastapi.responses import PlainTextResponse
 
 from service.auth import require_token
-from service.errors import install_error_handlers
+from service.docs import install_docs
+from service.errors import error_responses, install_error_handlers
 from service.limits import BodySizeLimit
 from service.metrics import RequestTracking
 from service.settings import Settings
@@ -23,6 +25,12 @@ Serves every trained run directory under `VAE_MODEL_DIR`: encode, decode, sample
 ELBO, IWAE, classify and anomaly scores, over REST (`/models/{name}/{operation}`) and the Open
 Inference Protocol V2 (`/v2/models/{name}.{operation}/infer`). Concurrent requests for one model
 and operation share a forward pass. Errors are `{"error": "..."}`.
+"""
+
+METRICS_EXAMPLE = """\
+# HELP vae_requests_total HTTP requests handled
+# TYPE vae_requests_total counter
+vae_requests_total{model="default",operation="elbo",status="200"} 42.0
 """
 
 
@@ -57,9 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.unfreeze()  # let interpreter shutdown collect as usual (extension modules check for leaks)
         log.info("batchers drained; shutting down")
 
-    app = FastAPI(title="vae-lab model server", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="vae-lab model server", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # install_docs serves /docs without a CDN
     app.state.service = service
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(routes.health)
     app.include_router(routes.models)
     app.include_router(oip.router)
@@ -67,9 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.benchmark_endpoints:
         app.include_router(routes.benchmark)
 
-    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_token)],
-             summary="Prometheus metrics: requests, latency, queue time, batch sizes")
+    @app.get("/metrics", tags=["health"], dependencies=[Depends(require_token)], response_class=PlainTextResponse,
+             summary="Prometheus metrics: requests, latency, queue time, batch sizes",
+             responses={200: {"content": {"text/plain": {"example": METRICS_EXAMPLE}}}, **error_responses(401)})
     async def metrics(service: ServiceDep) -> Response:
+        """Prometheus text format: `vae_requests_total` and `vae_request_seconds` by model, operation
+        and status; queue time, batch time and batch sizes by model and operation; requests in flight;
+        models ready and failed."""
         body, content_type = service.metrics.render()
         return Response(body, media_type=content_type)
 

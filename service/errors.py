@@ -66,6 +66,40 @@ class NotReadyError(ServiceError):
     status = 503
 
 
+# What each status means here, and an example body: the `responses=` of the routes, for /docs.
+STATUSES: dict[int, tuple[str, str]] = {
+    400: ("the model cannot run this operation (its kind lacks it, or the run has no classifier or calibration)",
+          "model 'default' has no anomaly calibration this service can use (calibration.json); kinds that "
+          "support 'anomaly': categorical, gaussian, m2"),
+    401: ("VAE_API_TOKEN is set and the bearer token is missing or wrong",
+          "Authorization: expected 'Bearer <token>', got nothing"),
+    404: ("no such model", "no model named 'nope'; models: default"),
+    413: ("body larger than VAE_MAX_BODY_BYTES",
+          "body: expected at most 16777216 bytes (VAE_MAX_BODY_BYTES), got 20000000"),
+    415: ("a body that is neither JSON nor (for image operations) multipart/form-data",
+          "Content-Type: expected application/json or multipart/form-data, got text/plain"),
+    422: ("bad input: the message names the field, what was expected and what arrived",
+          "k: expected at most 5000 importance samples (VAE_MAX_K), got 100000"),
+    429: ("the model's queue is full (VAE_MAX_QUEUE); Retry-After says when to try again",
+          "default.elbo: the queue is full (256 requests, VAE_MAX_QUEUE=256); retry in 1 s"),
+    503: ("the model is not ready (still loading, or it failed to load), or the server is shutting down",
+          "model 'default' is not ready: still loading"),
+}
+
+
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}  # service.docs puts ErrorResponse there
+
+
+def error_responses(*statuses: int) -> dict[int, dict]:
+    """`responses=` for a route that can answer these statuses: ErrorResponse, with an example.
+
+    By reference rather than `"model": ErrorResponse`, which FastAPI would file under the route's own
+    media type (text/plain for /metrics) although errors are always JSON.
+    """
+    return {status: {"description": STATUSES[status][0], "content": {"application/json": {
+        "schema": ERROR_SCHEMA, "example": {"error": STATUSES[status][1]}}}} for status in statuses}
+
+
 def plural(count: int, noun: str) -> str:
     """`plural(1, "image")` is "1 image", `plural(3, "image")` "3 images"."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

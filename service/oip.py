@@ -25,7 +25,7 @@ from pydantic_core import to_json
 from service.auth import require_token
 from service.bodies import parse_json
 from service.errors import (
-    BadInputError, ModelNotFoundError, PayloadTooLargeError, UnsupportedError, bad_input_from, plural,
+    BadInputError, ModelNotFoundError, PayloadTooLargeError, UnsupportedError, bad_input_from, error_responses, plural,
 )
 from service.images import as_number_array, check_count, check_images
 from service.operations import OPERATIONS
@@ -74,10 +74,81 @@ class InferRequest(_Strict):
     outputs: list[RequestedOutput] | None = None
 
 
+# --- response bodies, as the protocol defines them (for /docs; the routes build them as dicts) -----
+
+def _example(example: dict) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [example]})
+
+
+class ServerLiveResponse(BaseModel):
+    model_config = _example({"live": True})
+    live: bool
+
+
+class ServerReadyResponse(BaseModel):
+    model_config = _example({"ready": True})
+    ready: bool
+    error: str | None = Field(None, description="why no model is ready (with 503)")
+
+
+class ServerMetadataResponse(BaseModel):
+    model_config = _example({"name": "vae-lab", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="an OIP datatype: FP32, INT64, BOOL, ...")
+    shape: list[int] = Field(description="-1 where the size varies (the batch)")
+
+
+class ModelMetadataResponse(BaseModel):
+    model_config = _example({
+        "name": "default.encode", "versions": ["1"], "platform": "vae-lab/gaussian",
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 784]}],
+        "outputs": [{"name": "mu", "datatype": "FP32", "shape": [-1, 2]},
+                    {"name": "sigma", "datatype": "FP32", "shape": [-1, 2]},
+                    {"name": "z", "datatype": "FP32", "shape": [-1, -1, 2]}]})
+    name: str
+    versions: list[str]
+    platform: str = Field(description="vae-lab/{kind}")
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ModelReadyResponse(BaseModel):
+    model_config = _example({"name": "default.encode", "ready": True})
+    name: str
+    ready: bool
+
+
+class OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = Field(None, description="the values, flat in row-major order (JSON outputs)")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size, for binary outputs")
+
+
+class InferResponse(BaseModel):
+    model_config = _example({"model_name": "default.elbo", "model_version": "1", "outputs": [
+        {"name": "elbo", "datatype": "FP32", "shape": [1], "data": [-146.64]},
+        {"name": "log_px", "datatype": "FP32", "shape": [1], "data": [-140.17]},
+        {"name": "kl", "datatype": "FP32", "shape": [1], "data": [6.47]}]})
+    model_name: str
+    model_version: str
+    id: str | None = Field(None, description="the request's id, if it had one")
+    outputs: list[OutputTensor]
+
+
 OipModel = Annotated[str, Path(description="{name}.{operation}", examples=["default.encode"])]
+MODEL_ERRORS = error_responses(400, 404, 503)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (V2)"])
-models = APIRouter(prefix="/v2", tags=["open inference protocol (V2)"], dependencies=[Depends(require_token)])
+models = APIRouter(prefix="/v2", tags=["open inference protocol (V2)"], dependencies=[Depends(require_token)],
+                   responses=error_responses(401))
 
 
 def _server_version() -> str:
@@ -87,20 +158,27 @@ def _server_version() -> str:
         return "unknown"
 
 
-@router.get("/health/live", summary="OIP server liveness")
+@router.get("/health/live", response_model=ServerLiveResponse, summary="OIP server liveness")
 async def live() -> dict:
+    """`{"live": true}` while the process serves HTTP."""
     return {"live": True}
 
 
-@router.get("/health/ready", summary="OIP server readiness: 200 when a model is ready, else 503")
+@router.get("/health/ready", response_model=ServerReadyResponse,
+            summary="OIP server readiness: 200 when a model is ready, else 503",
+            responses={503: {"model": ServerReadyResponse, "description": "no model is ready; `error` says why",
+                             "content": {"application/json": {"example": {
+                                 "ready": False, "error": "models are still loading"}}}}})
 async def ready(service: ServiceDep) -> Response:
+    """`{"ready": true}` once at least one model has loaded and warmed up, else 503 with the reason."""
     ok, reason = service.registry.readiness()
     body = {"ready": ok} if ok else {"ready": False, "error": reason}
     return Response(json.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
 
-@models.get("", summary="OIP server metadata")
+@models.get("", response_model=ServerMetadataResponse, summary="OIP server metadata")
 async def server_metadata() -> dict:
+    """The server's name, its version and the protocol extensions it speaks (binary tensor data)."""
     return {"name": "vae-lab", "version": _server_version(), "extensions": ["binary_tensor_data"]}
 
 
@@ -141,24 +219,34 @@ def _metadata(service: Service, model: str, model_version: str | None) -> dict:
             "inputs": _input_specs(entry, operation), "outputs": _output_specs(entry, operation)}
 
 
-@models.get("/models/{model}", summary="OIP model metadata: inputs and outputs of {name}.{operation}")
+@models.get("/models/{model}", response_model=ModelMetadataResponse, responses=MODEL_ERRORS,
+            summary="OIP model metadata: inputs and outputs of {name}.{operation}")
 async def model_metadata(model: OipModel, service: ServiceDep) -> dict:
+    """The tensors `{name}.{operation}` takes and returns, with datatypes and shapes (-1: any size),
+    as recorded when the model warmed up."""
     return _metadata(service, model, None)
 
 
-@models.get("/models/{model}/versions/{model_version}", summary="OIP model metadata of one version")
+@models.get("/models/{model}/versions/{model_version}", response_model=ModelMetadataResponse,
+            responses=MODEL_ERRORS, summary="OIP model metadata of one version")
 async def model_version_metadata(model: OipModel, model_version: str, service: ServiceDep) -> dict:
+    """As the unversioned route; every model has the one version "1" (404 for any other)."""
     return _metadata(service, model, model_version)
 
 
-@models.get("/models/{model}/ready", summary="OIP model readiness: 200 when ready")
+@models.get("/models/{model}/ready", response_model=ModelReadyResponse, responses=MODEL_ERRORS,
+            summary="OIP model readiness: 200 when ready")
 async def model_ready(model: OipModel, service: ServiceDep) -> dict:
+    """200 when the model is loaded and can run the operation; 503 while it is not ready, 404 for
+    an unknown model, 400 for an operation its kind or run cannot do."""
     resolve(service, model)
     return {"name": model, "ready": True}
 
 
-@models.get("/models/{model}/versions/{model_version}/ready", summary="OIP model readiness of one version")
+@models.get("/models/{model}/versions/{model_version}/ready", response_model=ModelReadyResponse,
+            responses=MODEL_ERRORS, summary="OIP model readiness of one version")
 async def model_version_ready(model: OipModel, model_version: str, service: ServiceDep) -> dict:
+    """As the unversioned route; every model has the one version "1" (404 for any other)."""
     resolve(service, model, model_version)
     return {"name": model, "ready": True}
 
@@ -365,14 +453,27 @@ INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": InferRequest.model_json_schema(),
     "example": {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}],
                 "parameters": {"seed": 0}}}}}}
+INFER_RESPONSES = {
+    200: {"description": "the outputs, as JSON or (when binary outputs are asked for) as a JSON header of "
+                         "`Inference-Header-Content-Length` bytes followed by the raw tensors",
+          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    **error_responses(400, 404, 413, 422, 429, 503),
+}
 
 
-@models.post("/models/{model}/infer", summary="OIP inference on {name}.{operation}", openapi_extra=INFER_DOC)
+@models.post("/models/{model}/infer", response_model=InferResponse, responses=INFER_RESPONSES,
+             summary="OIP inference on {name}.{operation}", openapi_extra=INFER_DOC)
 async def infer(model: OipModel, request: Request, service: ServiceDep) -> Response:
+    """Runs the operation on the request's tensors: `images` FP32 [B, H·W] (or [B, H, W], [B, 1, H, W])
+    for image operations, `z` FP32 [N, D] for decode, `n` INT64 [1] for sample, plus `y` INT64 [N]
+    for conditional kinds. Knobs (seed, k, beta, num_samples, false_positive_rate, score) are request
+    `parameters`. Tensors travel as JSON `data` or, with the binary tensor data extension, as raw
+    little-endian bytes after a JSON header of `Inference-Header-Content-Length` bytes."""
     return await _infer(service, request, model, None)
 
 
-@models.post("/models/{model}/versions/{model_version}/infer", summary="OIP inference on one version",
-             openapi_extra=INFER_DOC)
+@models.post("/models/{model}/versions/{model_version}/infer", response_model=InferResponse,
+             responses=INFER_RESPONSES, summary="OIP inference on one version", openapi_extra=INFER_DOC)
 async def infer_version(model: OipModel, model_version: str, request: Request, service: ServiceDep) -> Response:
+    """As the unversioned route; every model has the one version "1" (404 for any other)."""
     return await _infer(service, request, model, model_version)

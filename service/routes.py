@@ -11,32 +11,24 @@ from fastapi import APIRouter, Depends, Path, Response
 from model.calibration import DEFAULT_FALSE_POSITIVE_RATE
 from service.auth import require_token
 from service.bodies import body_of, read_json, request_body_doc
-from service.errors import ServiceError
+from service.errors import ServiceError, error_responses
 from service.images import encode_png, images_from_request, latents_from_request
 from service.operations import OPERATIONS, classes_of
 from service.registry import ModelEntry
 from service.schemas import (
     AnomalyInfo, AnomalyRequest, AnomalyResponse, ClassifyRequest, ClassifyResponse, DecodeRequest, ElboRequest,
-    ElboResponse, EncodeRequest, EncodeResponse, ErrorResponse, Health, ImagesRequest, IwaeRequest, IwaeResponse,
+    ElboResponse, EncodeRequest, EncodeResponse, Health, ImagesRequest, IwaeRequest, IwaeResponse,
     ModelDetail, ModelList, ModelSummary, NoopResponse, ProbsResponse, ReconstructRequest, SampleRequest,
     SampleResponse, ScoreInfo,
 )
 from service.state import Service, ServiceDep
 
-ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
-    400: "the model's kind does not support this operation",
-    401: "missing or wrong bearer token (when VAE_API_TOKEN is set)",
-    404: "no such model",
-    413: "body larger than VAE_MAX_BODY_BYTES",
-    422: "bad input: the message names the field, what was expected and what arrived",
-    429: "the model's queue is full; see Retry-After",
-    503: "the model is not ready",
-}.items()}
-
 ModelName = Annotated[str, Path(description="the model: its run directory's name", examples=["default"])]
 
 health = APIRouter(tags=["health"])
-models = APIRouter(tags=["models"], dependencies=[Depends(require_token)], responses=ERRORS)
+NOT_READY = {"status": "not ready", "reason": "models are still loading"}
+models = APIRouter(tags=["models"], dependencies=[Depends(require_token)], responses=error_responses(401))
+OPERATION_ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503)
 
 
 def json_response(body) -> Response:
@@ -49,12 +41,16 @@ def json_response(body) -> Response:
 @health.get("/health/live", response_model=Health, response_model_exclude_none=True,
             summary="200 while the process runs")
 async def live() -> Health:
+    """Liveness: answers as long as the process serves HTTP, whether or not any model is ready."""
     return Health(status="live")
 
 
 @health.get("/health/ready", response_model=Health, summary="200 when at least one model is ready, else 503",
-            responses={503: {"model": Health}})
+            responses={503: {"model": Health, "description": "no model is ready; `reason` says why",
+                             "content": {"application/json": {"example": NOT_READY}}}})
 async def ready(service: ServiceDep) -> Response:
+    """Readiness: 200 once at least one model has loaded and warmed up, else 503 with the reason
+    (models still loading, a missing model directory, every run failing to load)."""
     ok, reason = service.registry.readiness()
     body = Health(status="ready" if ok else "not ready", reason=reason)
     return Response(body.model_dump_json(), status_code=200 if ok else 503, media_type="application/json")
@@ -89,12 +85,18 @@ def detail(entry: ModelEntry) -> ModelDetail:
 
 @models.get("/models", response_model=ModelList, summary="Every model: name, kind, ready, error if any")
 async def list_models(service: ServiceDep) -> ModelList:
+    """Every run directory under the model directory, ready or not; a run that failed to load
+    carries its error."""
     return ModelList(models=[summary(e) for e in service.registry.models.values()])
 
 
 @models.get("/models/{name}", response_model=ModelDetail, response_model_exclude_none=True,
-            summary="Kind, shapes, config, test metrics, operations and anomaly calibration of one model")
+            summary="Kind, shapes, config, test metrics, operations and anomaly calibration of one model",
+            responses=error_responses(404))
 async def describe_model(name: ModelName, service: ServiceDep) -> Response:
+    """What a client needs to call the model: its input shape and latent size, the operations it
+    offers, its classes, its calibrated anomaly scores with their thresholds, and the config and
+    test metrics of its training run."""
     return json_response(detail(service.registry.get(name)))
 
 
@@ -112,7 +114,7 @@ def _pngs(probs: np.ndarray, entry: ModelEntry) -> list[str]:
 
 def _op(path: str, request_model, response_model, summary: str):
     return models.post(f"/models/{{name}}/{path}", response_model=response_model, response_model_exclude_none=True,
-                       summary=summary, description=OPERATIONS[path].summary,
+                       summary=summary, description=OPERATIONS[path].summary, responses=OPERATION_ERRORS,
                        openapi_extra=request_body_doc(request_model))
 
 
@@ -199,12 +201,15 @@ async def anomaly(name: ModelName, service: ServiceDep,
 
 # --- benchmarking ------------------------------------------------------------------------------------
 
-benchmark = APIRouter(tags=["benchmark"], dependencies=[Depends(require_token)])
+benchmark = APIRouter(tags=["benchmark"], dependencies=[Depends(require_token)],
+                      responses=error_responses(401, 413, 422))
 
 
 @benchmark.post("/benchmark/noop", response_model=NoopResponse,
                 summary="Read and parse a JSON body, then answer: the HTTP floor (VAE_BENCHMARK_ENDPOINTS=1)")
 async def noop(body=Depends(read_json)) -> NoopResponse:
+    """Parses the body as the operations do, runs no model and counts its fields: the cost of HTTP
+    and JSON alone, which `benchmarks/serve_load.py` compares the operations with."""
     if not isinstance(body, dict):
         raise ServiceError("body: expected a JSON object")
     return NoopResponse(fields=len(body))

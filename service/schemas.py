@@ -33,6 +33,10 @@ PngFlag = Annotated[bool, Field(False, description="return images_png (base64 8-
 
 
 class ErrorResponse(BaseModel):
+    """Every error the server answers, whatever its status."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": "images: expected pixel values in [0, 1], got values from -0.5 to 1.2 (first offender: image 3)"}]})
     error: str = Field(description="what was expected and what arrived")
 
 
@@ -68,7 +72,8 @@ class EncodeResponse(BaseModel):
     """The posterior's parameters per image (`mu`, `sigma` for the Gaussian kind; see the model's
     `describe.encode_outputs`) and, if asked, `z`: num_samples latent samples per image."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_examples(
+        {"mu": [[1.142, -2.568]], "sigma": [[0.180, 0.221]], "z": [[[1.419, -2.632], [0.750, -2.442]]]}))
     mu: list[list[float]] | None = None
     sigma: list[list[float]] | None = None
     z: list[list[list[float]]] | None = None
@@ -83,6 +88,7 @@ class DecodeRequest(_Request):
 
 
 class ProbsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG]}))
     probs: list[list[float]] | None = Field(None, description="Bernoulli means per pixel, flat H·W per row")
     images_png: list[str] | None = Field(None, description="the same as 8-bit greyscale PNGs, when png=true")
 
@@ -101,7 +107,8 @@ class SampleRequest(SampleParams):
 class SampleResponse(ProbsResponse):
     """Prior samples `z` and their decoded means; conditional kinds (M2) also return the labels `y`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_examples(
+        {"z": [[1.54, -0.29]], "images_png": [EXAMPLE_PNG]}))
     z: list[list[float]] = Field(description="the prior samples z ~ p(z)")
 
 
@@ -122,6 +129,8 @@ class ElboRequest(ImagesRequest, ElboParams):
 
 
 class ElboResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_examples(
+        {"elbo": [-146.64], "log_px": [-140.17], "kl": [6.47], "beta": 1.0}))
     elbo: list[float] = Field(description="log_px − beta·kl per image (nats); with beta=1, the ELBO")
     log_px: list[float] = Field(description="log p(x|z) at one sample z ~ q(z|x)")
     kl: list[float] = Field(description="KL(q(z|x) || p(z)), as the model was trained to estimate it")
@@ -138,6 +147,7 @@ class IwaeRequest(ImagesRequest, IwaeParams):
 
 
 class IwaeResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_examples({"log_px": [-145.10], "bits_per_dim": [0.267], "k": 1000}))
     log_px: list[float] = Field(description="L_K per image: a lower bound on log p(x) (nats)")
     bits_per_dim: list[float] = Field(description="−L_K / (H·W · ln 2)")
     k: int
@@ -148,6 +158,9 @@ class ClassifyRequest(ImagesRequest):
 
 
 class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_examples(
+        {"probs": [[0.956, 0.0, 0.014, 0.02, 0.0, 0.004, 0.006, 0.0, 0.0, 0.0]], "labels": [0],
+         "classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}))
     probs: list[list[float]] = Field(description="class probabilities per image, columns in the order of classes")
     labels: list[int] = Field(description="the most probable class per image")
     classes: list[int]
@@ -165,6 +178,9 @@ class AnomalyRequest(ImagesRequest, AnomalyParams):
 
 
 class AnomalyResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_examples(
+        {"scores": [146.15], "percentiles": [22.98], "is_anomaly": [False], "threshold": 246.58, "score": "iwae",
+         "false_positive_rate": 0.05}))
     scores: list[float] = Field(description="anomaly score per image (higher: more anomalous)")
     percentiles: list[float] = Field(description="percent of held-out normal images scoring at most this")
     is_anomaly: list[bool] = Field(description="score > threshold")
@@ -174,6 +190,7 @@ class AnomalyResponse(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_examples({"status": "ready", "reason": "ready: default"}))
     status: str
     reason: str | None = None
 
@@ -186,7 +203,12 @@ class ModelSummary(BaseModel):
     operations: list[str]
 
 
+_OPERATIONS = ["encode", "decode", "sample", "reconstruct", "elbo", "iwae", "classify", "anomaly"]
+
+
 class ModelList(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_examples({"models": [
+        {"name": "default", "kind": "gaussian", "ready": True, "error": None, "operations": _OPERATIONS}]}))
     models: list[ModelSummary]
 
 
@@ -203,6 +225,11 @@ class AnomalyInfo(BaseModel):
 
 
 class ModelDetail(ModelSummary):
+    model_config = ConfigDict(json_schema_extra=_examples({
+        "name": "default", "kind": "gaussian", "ready": True, "operations": _OPERATIONS, "path": "runs/default",
+        "input_shape": [1, 28, 28], "latent_features": 2, "classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        "anomaly": {"default": "iwae", "scores": {"iwae": {
+            "threshold": 302.4, "false_positive_rate": 0.01, "n": 1000, "params": {"k": 100}}}}}))
     path: str
     input_shape: list[int] | None = None
     latent_features: int | None = None
@@ -214,4 +241,5 @@ class ModelDetail(ModelSummary):
 
 
 class NoopResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_examples({"fields": 2}))
     fields: int = Field(description="how many top-level fields the JSON body had")
