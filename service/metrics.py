@@ -56,11 +56,28 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+def route_template(scope: dict) -> str | None:
+    """The path template of the route that handled the request, or None if none matched.
+
+    FastAPI's own routes put themselves in the scope; plain Starlette routes (the OpenAPI document)
+    and mounts (the docs' assets) leave only their endpoint, which names them among the router's routes.
+    """
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    endpoint, router = scope.get("endpoint"), scope.get("router")
+    if endpoint is None or router is None:
+        return None
+    for route in router.routes:
+        if getattr(route, "endpoint", None) is endpoint or getattr(route, "app", None) is endpoint:
+            return route.path
+    return None
+
+
 def route_labels(scope: dict, known_models) -> tuple[str, str]:
     """(model, operation) of a handled request: from the matched route, never from raw paths."""
     params = scope.get("path_params") or {}
-    route = scope.get("route")
-    template = getattr(route, "path", None)
+    template = route_template(scope)
     if template is None:
         return "", "unmatched"
     if "model" in params:  # OIP: /v2/models/{model}/... with model = "{name}.{operation}"

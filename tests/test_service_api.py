@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -182,6 +183,17 @@ def test_metrics_count_requests_by_model_operation_and_status(client, digits):
     assert 'vae_request_seconds_bucket{le="0.001",model="tiny",operation="elbo",status="200"}' in text
     assert 'vae_batch_rows_count{model="tiny",operation="elbo"}' in text
     assert 'vae_queue_seconds_count{model="tiny",operation="elbo"}' in text
+
+
+def test_metrics_label_the_docs_by_their_route_not_as_unmatched(model_dir, asgi_client):
+    client = asgi_client(create_app(Settings(model_dir=model_dir)))
+    for path in ("/docs", "/openapi.json", "/docs/openapi-3.0.json", "/docs-assets/swagger-ui.css",
+                 "/docs-assets/swagger-ui-bundle.js", "/nowhere"):
+        client.get(path)
+    counted = dict(re.findall(r'^vae_requests_total\{model="",operation="([^"]*)",status="(?:\d+)"\} (\S+)$',
+                              client.get("/metrics").text, re.M))
+    assert counted == {"/docs": "1.0", "/openapi.json": "1.0", "/docs/openapi-3.0.json": "1.0",
+                       "/docs-assets": "2.0", "unmatched": "1.0"}
 
 
 def test_openapi_documents_every_operation_with_examples(client):
