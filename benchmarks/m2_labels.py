@@ -1,9 +1,9 @@
 """The M2 table: test classification error with 100 / 600 / 1,000 / 3,000 labels on MNIST.
 
 For each label count N it trains M2 (`vae train --kind m2 --labels N`) and sets it beside two
-classifiers given the same N labels (the same balanced, seeded subset: `model.data.hide_labels`):
+classifiers given the same N labels (the same balanced, seeded subset: `model.data.loading.hide_labels`):
 
-- pixels: multinomial logistic regression on standardised pixels (`model.evaluate.fit_classifiers`);
+- pixels: multinomial logistic regression on standardised pixels (`model.evaluation.evaluate.fit_classifiers`);
 - plain VAE: the same logistic regression on the posterior means of a Gaussian VAE with the same
   latent size and networks, trained without labels. Its training never reads a label, so one VAE
   serves every N: training it with `--labels N` gives the same weights for every N.
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from model import TrainConfig, load_checkpoint
-from model.artefacts import write_json
-from model.data import load_data
-from model.evaluate import fit_classifiers
-from model.train import train
+from model.io.atomic import write_json
+from model.data.loading import load_data
+from model.evaluation.evaluate import fit_classifiers
+from model.runs.train import train
 
 # Kingma et al. (2014), Table 1: test error (%) on MNIST.
 PUBLISHED = {"M2": {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92},

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.anomaly import EDGE_FLOOR, edge_energy, fit_model
-from model.bench import auroc
-from model.config import TrainConfig
-from model.data import filter_classes, load_raw
+from model.anomaly.likelihood import EDGE_FLOOR, edge_energy, fit_model
+from model.bench.anomaly import auroc
+from model.config.train import TrainConfig
+from model.data.loading import filter_classes, load_raw
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -136,7 +136,7 @@ def wait_ready(process: subprocess.Popen, base: str, timeout: float = 300) -> No
 
 def train_model(root: Path) -> str:
     from model import TrainConfig
-    from model.train import train
+    from model.runs.train import train
 
     print("training the course's architecture for one epoch (the benchmark measures serving, not the fit)...",
           flush=True)
@@ -151,7 +151,7 @@ def in_process(run_dir: Path, images: np.ndarray, operation: str, k: int, thread
     import torch
 
     from model import load_checkpoint
-    from model.objectives import iwae_bound
+    from model.core.objectives import iwae_bound
 
     torch.set_num_threads(threads)
     model = load_checkpoint(run_dir).model

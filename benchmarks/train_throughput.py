@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from model import TrainConfig, VariationalAutoencoder, VariationalInference
-from model.data import load_data
-from model.evaluate import split_elbo
-from model.train import train
+from model.data.loading import load_data
+from model.evaluation.evaluate import split_elbo
+from model.runs.train import train
 
 
 class PilImages(Dataset):

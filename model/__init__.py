@@ -3,11 +3,11 @@
     from model import ReparameterizedDiagonalGaussian, Bernoulli, VariationalAutoencoder, VariationalInference
 """
 
-from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from model.config import TrainConfig
-from model.distributions import Bernoulli, ReparameterizedDiagonalGaussian
-from model.objectives import ElboTerms, ImportanceWeightedObjective, VariationalInference, iwae_bound
-from model.vae import VariationalAutoencoder
+from model.runs.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from model.config.train import TrainConfig
+from model.core.distributions import Bernoulli, ReparameterizedDiagonalGaussian
+from model.core.objectives import ElboTerms, ImportanceWeightedObjective, VariationalInference, iwae_bound
+from model.kinds.gaussian import VariationalAutoencoder
 
 __all__ = [
     "Bernoulli",

@@ -2,7 +2,7 @@
 
 An operation is run on a *batch* that may hold several requests' rows (see `service.batching`):
 `run_batch` stacks their inputs, gives each request's rows its own seeded noise
-(`model.noise.RowwiseNoise`), runs one forward pass and splits the outputs back. Per-request
+(`model.core.noise.RowwiseNoise`), runs one forward pass and splits the outputs back. Per-request
 work that needs no forward pass (β, the false-positive rate, bits per dimension) happens after
 the split, in `finish`, so requests with different values of those still share a pass.
 """
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.checkpoint import Checkpoint
-from model.noise import RowwiseNoise
-from model.objectives import iwae_bound
-from model.scores import SCORES
+from model.runs.checkpoint import Checkpoint
+from model.core.noise import RowwiseNoise
+from model.core.objectives import iwae_bound
+from model.anomaly.registry import SCORES
 from service.errors import BadInputError
 
 InputKind = Literal["images", "z", "n"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from model.scores import SCORES, available_scores
+from model.runs.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from model.anomaly.registry import SCORES, available_scores
 from service.errors import ModelNotFoundError, NotReadyError, UnsupportedError
 from service.operations import OPERATIONS
 from service.settings import Settings
@@ -76,9 +76,9 @@ class ModelEntry:
 @functools.cache
 def _kind_operations() -> dict[str, frozenset[str]]:
     """The operations each known model kind offers (from a throwaway tiny instance of each)."""
-    from model.config import TrainConfig
-    from model.data import INPUT_SHAPE
-    from model.kinds import KINDS, build_model
+    from model.config.train import TrainConfig
+    from model.data.loading import INPUT_SHAPE
+    from model.kinds.registry import KINDS, build_model
 
     out = {}
     for name in KINDS:

@@ -8,7 +8,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Response
 
-from model.calibration import DEFAULT_FALSE_POSITIVE_RATE
+from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE
 from service.auth import require_token
 from service.bodies import body_of, read_json, request_body_doc
 from service.errors import ServiceError, error_responses

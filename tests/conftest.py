@@ -27,9 +27,9 @@ def tiny_run(tmp_path_factory) -> Path:
 
     Treat it as read-only; copy it (`shutil.copytree`) to damage or extend it.
     """
-    from model.config import TrainConfig
-    from model.data import DataBundle, Split, load_data
-    from model.train import train
+    from model.config.train import TrainConfig
+    from model.data.loading import DataBundle, Split, load_data
+    from model.runs.train import train
 
     config = TrainConfig(**TINY_RUN)
     data = load_data(config)

@@ -8,17 +8,17 @@ import math
 import pytest
 import torch
 
-from model.anomaly import (BACKGROUND, EDGE_FLOOR, NLL_SCORES, complexity_bits, edge_energy, excess, fit_companions,
+from model.anomaly.likelihood import (BACKGROUND, EDGE_FLOOR, NLL_SCORES, complexity_bits, edge_energy, excess, fit_companions,
                            fit_model, input_complexity, input_entropy, likelihood_ratio, likelihood_regret, perturb,
                            relative_reconstruction, score_split)
-from model.bench import QUICK, auroc
-from model.calibration import AnomalyCalibration
-from model.checkpoint import load_companions, save_companions
-from model.config import TrainConfig
-from model.data import filter_classes, load_raw
-from model.evaluate import calibrate
-from model.noise import Noise
-from model.scores import SCORES, available_scores, default_score, negative_iwae
+from model.bench.anomaly import QUICK, auroc
+from model.anomaly.calibration import AnomalyCalibration
+from model.runs.checkpoint import load_companions, save_companions
+from model.config.train import TrainConfig
+from model.data.loading import filter_classes, load_raw
+from model.evaluation.evaluate import calibrate
+from model.core.noise import Noise
+from model.anomaly.registry import SCORES, available_scores, default_score, negative_iwae
 
 TINY = TrainConfig(latent_features=2, hidden=(32,), epochs=3, batch_size=64, kl="analytic", seed=0)
 
@@ -247,7 +247,7 @@ def test_auroc_known_values():
 
 def test_quick_benchmark_command_runs_every_score_and_beats_chance(tmp_path, capsys):
     """`vae bench anomaly --quick` exactly as CI documents it: embedded digits, classes 0 and 1."""
-    from model.cli import main
+    from model.cli.main import main
 
     out = tmp_path / "anomaly.json"
     assert main(["bench", "anomaly", "--quick", "--threads", "1", "--out", str(out)]) == 0

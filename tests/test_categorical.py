@@ -8,13 +8,13 @@ import torch
 from torch.distributions import RelaxedOneHotCategorical
 
 from model import TrainConfig, iwae_bound, load_checkpoint
-from model.categorical import CategoricalVAE, exponential_temperature, one_hot_sample, relaxed_one_hot
-from model.checkpoint import CALIBRATION, CLASSIFIER, CONFIG, EVALUATION, MANIFEST, METRICS, WEIGHTS
-from model.cli import main
-from model.data import load_data
-from model.noise import RowwiseNoise
-from model.schedules import Progress
-from model.train import train
+from model.kinds.categorical import CategoricalVAE, exponential_temperature, one_hot_sample, relaxed_one_hot
+from model.runs.checkpoint import CALIBRATION, CLASSIFIER, CONFIG, EVALUATION, MANIFEST, METRICS, WEIGHTS
+from model.cli.main import main
+from model.data.loading import load_data
+from model.core.noise import RowwiseNoise
+from model.core.schedules import Progress
+from model.runs.train import train
 
 TINY = dict(kind="categorical", categorical_variables=3, categories=4, gaussian_features=2, hidden=(32,),
             epochs=2, batch_size=128, train_subset=600, eval_k=10, calibration_k=5, seed=11,
@@ -178,7 +178,7 @@ def test_invalid_categorical_settings_are_named():
 
 
 def test_kind_plots_draw_codes_and_usage(run, tmp_path):
-    from model.kind_plots import KIND_PLOTS
+    from model.analysis.kind_plots import KIND_PLOTS
 
     checkpoint = load_checkpoint(run)
     test = load_data(checkpoint.config).test

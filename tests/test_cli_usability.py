@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.cli import build_parser, main
-from model.config import TrainConfig
-from model.data import DataError, check_idx_folder
-from model.kinds import KINDS
-from model.train import summary, train
+from model.cli.main import build_parser, main
+from model.config.train import TrainConfig
+from model.data.loading import DataError, check_idx_folder
+from model.kinds.registry import KINDS
+from model.runs.train import summary, train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = dict(hidden=(16,), latent_features=2, epochs=2, batch_size=128, train_subset=300,
@@ -56,7 +56,7 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_nothing(tmp_path, capsys
 
 
 def test_a_run_that_fails_later_is_resumable_and_says_so(tmp_path, monkeypatch):
-    import model.train as training
+    import model.runs.train as training
 
     calls = {"n": 0}
     real = training.split_elbo
@@ -119,8 +119,8 @@ def test_a_folder_of_another_data_set_is_named(tmp_path):
 
 
 def test_the_latent_plot_title_counts_what_it_draws(tmp_path, monkeypatch):
-    import model.plots as plots
-    from model.vae import VariationalAutoencoder
+    import model.analysis.plots as plots
+    from model.kinds.gaussian import VariationalAutoencoder
 
     torch.manual_seed(0)
     model = VariationalAutoencoder((1, 4, 4), 2, (8,)).eval()

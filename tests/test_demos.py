@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from model import TrainConfig
-from model.checkpoint import load_model
-from model.data import load_data
-from model.demos import bound_ordering, grouped_bounds, importance_sampling, quadrature_log_px
-from model.train import train
-from model.vae import VariationalAutoencoder
+from model.runs.checkpoint import load_model
+from model.data.loading import load_data
+from model.analysis.demos import bound_ordering, grouped_bounds, importance_sampling, quadrature_log_px
+from model.runs.train import train
+from model.kinds.gaussian import VariationalAutoencoder
 
 
 def test_importance_sampling_recovers_the_mean_of_p():
@@ -58,7 +58,7 @@ def test_bounds_rise_with_k_towards_log_px(tmp_path):
 
 
 def test_pathwise_and_score_function_gradients_agree_in_mean_and_differ_in_spread():
-    from model.demos import gradient_estimators
+    from model.analysis.demos import gradient_estimators
 
     torch.manual_seed(0)
     model = VariationalAutoencoder((1, 4, 4), latent_features=2, hidden=(8,))

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from model import TrainConfig, iwae_bound, load_checkpoint
-from model.checkpoint import CALIBRATION, CLASSIFIER, CONFIG, EVALUATION, MANIFEST, METRICS, WEIGHTS
-from model.cli import main
-from model.data import UNLABELLED, DataError, Split, hide_labels, labelled, load_data
-from model.m2 import SemiSupervisedVAE, m2_loss
-from model.noise import Noise, RowwiseNoise
-from model.train import train
+from model.runs.checkpoint import CALIBRATION, CLASSIFIER, CONFIG, EVALUATION, MANIFEST, METRICS, WEIGHTS
+from model.cli.main import main
+from model.data.loading import UNLABELLED, DataError, Split, hide_labels, labelled, load_data
+from model.kinds.m2 import SemiSupervisedVAE, m2_loss
+from model.core.noise import Noise, RowwiseNoise
+from model.runs.train import train
 
 TINY = dict(kind="m2", labels=50, latent_features=2, hidden=(32,), epochs=2, batch_size=128, train_subset=600,
             eval_k=10, calibration_k=5, seed=5)
@@ -128,8 +128,8 @@ def run(tmp_path_factory):
 
 
 def test_every_training_batch_carries_labelled_images():
-    from model.data import Split
-    from model.m2 import m2_batches
+    from model.data.loading import Split
+    from model.kinds.m2 import m2_batches
 
     y = torch.full((1000,), UNLABELLED)
     y[:10] = torch.arange(10)
@@ -176,7 +176,7 @@ def test_cli_takes_labels(tmp_path):
 
 
 def test_kind_plots_draw_conditional_generation_and_analogies(run, tmp_path):
-    from model.kind_plots import KIND_PLOTS
+    from model.analysis.kind_plots import KIND_PLOTS
 
     checkpoint = load_checkpoint(run)
     test = load_data(checkpoint.config).test
@@ -209,7 +209,7 @@ def test_the_service_serves_m2_with_classes(run, asgi_client):
 
 
 def test_a_background_companion_of_m2_learns_from_unlabelled_images():
-    from model.anomaly import fit_companions
+    from model.anomaly.likelihood import fit_companions
 
     config = TrainConfig(kind="m2", classes=(3, 7), hidden=(16,), latent_features=2, batch_size=32,
                          background_epochs=1)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from model import VariationalAutoencoder, VariationalInference, iwae_bound
-from model.distributions import ReparameterizedDiagonalGaussian
-from model.noise import RowwiseNoise
-from model.objectives import ImportanceWeightedObjective, elbo_terms_from_outputs
+from model.core.distributions import ReparameterizedDiagonalGaussian
+from model.core.noise import RowwiseNoise
+from model.core.objectives import ImportanceWeightedObjective, elbo_terms_from_outputs
 
 
 @pytest.fixture

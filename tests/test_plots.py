@@ -9,12 +9,12 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from model import TrainConfig
-from model.checkpoint import load_model
-from model.cli import main
-from model.data import load_data
-from model.plots import (GAUSSIAN_PLOTS, image_grid, plot_overlaid_curves, plot_rate_distortion, plot_run,
+from model.runs.checkpoint import load_model
+from model.cli.main import main
+from model.data.loading import load_data
+from model.analysis.plots import (GAUSSIAN_PLOTS, image_grid, plot_overlaid_curves, plot_rate_distortion, plot_run,
                          unit_statistics)
-from model.train import train
+from model.runs.train import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = dict(hidden=(32,), latent_features=2, epochs=2, batch_size=128, train_subset=300,
@@ -88,8 +88,8 @@ def test_unknown_plot_names_are_refused(run, data):
 
 
 def test_a_kind_without_kind_plots_is_skipped_with_a_note(monkeypatch):
-    from model import plots
+    from model.analysis import plots
 
     monkeypatch.setattr(plots.importlib.util, "find_spec", lambda name: None)
     plot, why = plots._kind_plots("categorical")
-    assert plot is None and "model.kind_plots does not exist" in why
+    assert plot is None and "model.analysis.kind_plots does not exist" in why

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from model import load_checkpoint
-from model.data import load_data
-from model.config import TrainConfig
-from model.objectives import iwae_bound
-from model.noise import RowwiseNoise
+from model.data.loading import load_data
+from model.config.train import TrainConfig
+from model.core.objectives import iwae_bound
+from model.core.noise import RowwiseNoise
 from service.app import create_app
 from service.settings import Settings
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from model.config import TrainConfig
-from model.data import load_data
+from model.config.train import TrainConfig
+from model.data.loading import load_data
 from service.app import create_app
 from service.batching import ArrivalGate, Batcher
 from service.errors import BadInputError, NotReadyError

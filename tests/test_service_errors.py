@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.checkpoint import CLASSIFIER, write_manifest
-from model.config import TrainConfig
+from model.runs.checkpoint import CLASSIFIER, write_manifest
+from model.config.train import TrainConfig
 from service.app import create_app
 from service.settings import Settings
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.artefacts import write_json
-from model.checkpoint import CONFIG, save_weights, write_manifest
-from model.config import TrainConfig
-from model.data import INPUT_SHAPE
-from model.kinds import build_model
+from model.io.atomic import write_json
+from model.runs.checkpoint import CONFIG, save_weights, write_manifest
+from model.config.train import TrainConfig
+from model.data.loading import INPUT_SHAPE
+from model.kinds.registry import build_model
 from service.app import create_app
 from service.settings import Settings
 

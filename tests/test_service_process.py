@@ -164,7 +164,7 @@ def test_serve_refuses_a_model_directory_with_nothing_to_serve(layout, expected,
     """One line on stderr and exit status 2, before uvicorn starts (it would answer 503 forever)."""
     import uvicorn
 
-    from model.cli import main
+    from model.cli.main import main
 
     root = tmp_path / "models"
     if layout == "empty":

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from model.cli import main
-from model.sweep import QUICK_OVERRIDES, SweepError, load_sweep, parse_assignments, parse_sweep
+from model.cli.main import main
+from model.analysis.sweep import QUICK_OVERRIDES, SweepError, load_sweep, parse_assignments, parse_sweep
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -150,8 +150,8 @@ def test_a_shipped_sweep_runs_quick(tmp_path):
 def test_runs_share_loaded_data_only_when_every_field_load_data_reads_agrees():
     import inspect
 
-    from model.data import load_data
-    from model.sweep import DATA_FIELDS
+    from model.data.loading import load_data
+    from model.analysis.sweep import DATA_FIELDS
 
     read = set(re.findall(r"config\.([a-z_]+)", inspect.getsource(load_data)))
     assert read <= set(DATA_FIELDS), f"load_data reads {sorted(read - set(DATA_FIELDS))}, missing from DATA_FIELDS"

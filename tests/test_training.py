@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from model import CheckpointError, TrainConfig, load_checkpoint
-from model.checkpoint import ARTEFACTS, COMPANIONS, MANIFEST, TRAINING_STATE
-from model.cli import main
-from model.data import DataError, load_data
-from model.train import TrainingError, train
+from model.runs.checkpoint import ARTEFACTS, COMPANIONS, MANIFEST, TRAINING_STATE
+from model.cli.main import main
+from model.data.loading import DataError, load_data
+from model.runs.train import TrainingError, train
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 TINY = dict(hidden=(32,), latent_features=2, epochs=2, batch_size=128, train_subset=600,
@@ -71,7 +71,7 @@ class _Crash(Exception):
 
 @pytest.mark.parametrize("crash_in", ["save_training_state", "save_weights"])
 def test_resume_after_a_crash_inside_the_epoch_end_save_is_exact(tmp_path, data, monkeypatch, crash_in):
-    import model.checkpoint as ckpt
+    import model.runs.checkpoint as ckpt
 
     straight = train(TrainConfig(**TINY), tmp_path / "straight", data=data, progress=False)
     original, calls = getattr(ckpt, crash_in), []
@@ -94,7 +94,7 @@ def test_resume_after_a_crash_inside_the_epoch_end_save_is_exact(tmp_path, data,
 
 
 def test_an_interrupted_extension_resumes_to_the_new_epoch_budget(tmp_path, data, monkeypatch):
-    import model.checkpoint as ckpt
+    import model.runs.checkpoint as ckpt
 
     out = train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path / "extended", data=data, progress=False)
     original, calls = ckpt.save_weights, []

@@ -6,7 +6,7 @@ prior samples next to posterior samples, interpolations, the decoded manifold ov
 KL per latent unit. Per sweep: overlaid learning curves and the rate–distortion plane.
 
 matplotlib is imported inside the functions, so importing this module (for `register`) is cheap.
-Kind-specific plots come from `model.kind_plots.KIND_PLOTS` when that module offers one for the
+Kind-specific plots come from `model.analysis.kind_plots.KIND_PLOTS` when that module offers one for the
 run's kind: `KIND_PLOTS[kind](model, config, split, out_dir) -> list[Path]`.
 """
 
@@ -40,7 +40,7 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> Path:
-    from model.artefacts import atomic_write
+    from model.io.atomic import atomic_write
 
     plt = pyplot()
     path = Path(path)
@@ -240,7 +240,7 @@ def unit_statistics(model, x: Tensor) -> dict[str, np.ndarray]:
 
 def plot_unit_kl(model, x: Tensor, path: Path) -> Path:
     """KL per latent unit and the variance of its posterior mean (active: > 0.01, Burda et al. 2015)."""
-    from model.evaluate import ACTIVE_UNIT_THRESHOLD
+    from model.evaluation.evaluate import ACTIVE_UNIT_THRESHOLD
 
     plt = pyplot()
     stats = unit_statistics(model, x)
@@ -263,12 +263,12 @@ def plot_unit_kl(model, x: Tensor, path: Path) -> Path:
 
 
 def _kind_plots(kind: str):
-    """The kind-specific plot function from model.kind_plots, or (None, why not)."""
-    if importlib.util.find_spec("model.kind_plots") is None:
-        return None, "model.kind_plots does not exist"
-    registry = getattr(importlib.import_module("model.kind_plots"), "KIND_PLOTS", {})
+    """The kind-specific plot function from model.analysis.kind_plots, or (None, why not)."""
+    if importlib.util.find_spec("model.analysis.kind_plots") is None:
+        return None, "model.analysis.kind_plots does not exist"
+    registry = getattr(importlib.import_module("model.analysis.kind_plots"), "KIND_PLOTS", {})
     if kind not in registry:
-        return None, f"model.kind_plots.KIND_PLOTS has no entry for kind {kind!r}"
+        return None, f"model.analysis.kind_plots.KIND_PLOTS has no entry for kind {kind!r}"
     return registry[kind], ""
 
 
@@ -283,9 +283,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bo
         data_dir: where the run's data set lives, if not where its config says.
         only: names among `GAUSSIAN_PLOTS` to draw (default: all that apply to the run).
     """
-    from model.artefacts import read_jsonl
-    from model.checkpoint import METRICS, load_model
-    from model.data import load_data
+    from model.io.atomic import read_jsonl
+    from model.runs.checkpoint import METRICS, load_model
+    from model.data.loading import load_data
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR

@@ -1,4 +1,4 @@
-"""The training loop: a TrainConfig in, a complete run directory out (see model.checkpoint)."""
+"""The training loop: a TrainConfig in, a complete run directory out (see model.runs.checkpoint)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from model import checkpoint as ckpt
-from model.artefacts import append_jsonl, read_jsonl, write_bytes, write_json
-from model.config import TrainConfig
-from model.data import DataBundle, load_data, training_batches
-from model.evaluate import evaluate, split_elbo
-from model.kinds import build_model, build_objective, get_kind
-from model.schedules import Progress
+from model.runs import checkpoint as ckpt
+from model.io.atomic import append_jsonl, read_jsonl, write_bytes, write_json
+from model.config.train import TrainConfig
+from model.data.loading import DataBundle, load_data, training_batches
+from model.evaluation.evaluate import evaluate, split_elbo
+from model.kinds.registry import build_model, build_objective, get_kind
+from model.core.schedules import Progress
 
 
 class TrainingError(RuntimeError):
@@ -180,7 +180,7 @@ def finish(model, config: TrainConfig, data: DataBundle, out: Path, k: int | Non
            progress: bool = False) -> dict:
     """Fit the anomaly scores' companions, evaluate, store the classifier and calibration, then write
     the manifest (the run is complete). Companions already in `out` (`vae evaluate`) are reused."""
-    from model.anomaly import fit_companions
+    from model.anomaly.likelihood import fit_companions
 
     # Files listed in the manifest are about to change: until the new manifest is written the run
     # is incomplete, never "complete" with stale hashes.

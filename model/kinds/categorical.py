@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, OneHotCategorical, kl_divergence
 from torch.distributions.utils import clamp_probs
 
-from model.distributions import ReparameterizedDiagonalGaussian
-from model.networks import mlp
-from model.noise import GLOBAL_NOISE, Noise
-from model.objectives import ElboTerms, reduce_to
-from model.schedules import Progress, linear_warmup
-from model.vae import LOG_SIGMA_BOUND, check_images
+from model.core.distributions import ReparameterizedDiagonalGaussian
+from model.nets.mlp import mlp
+from model.core.noise import GLOBAL_NOISE, Noise
+from model.core.objectives import ElboTerms, reduce_to
+from model.core.schedules import Progress, linear_warmup
+from model.kinds.gaussian import LOG_SIGMA_BOUND, check_images
 
 KL_MODES = ("sampled", "analytic")
 

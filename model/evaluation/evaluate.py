@@ -11,13 +11,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from model.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration, ScoreCalibration
-from model.classifier import LinearSoftmaxClassifier, fit_logistic_regression
-from model.data import DataBundle, Split, eval_batches, labelled
-from model.kinds import get_kind
-from model.objectives import iwae_bound
-from model.anomaly import K_SCORES, score_split
-from model.scores import available_scores, default_score
+from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration, ScoreCalibration
+from model.evaluation.classifier import LinearSoftmaxClassifier, fit_logistic_regression
+from model.data.loading import DataBundle, Split, eval_batches, labelled
+from model.kinds.registry import get_kind
+from model.core.objectives import iwae_bound
+from model.anomaly.likelihood import K_SCORES, score_split
+from model.anomaly.registry import available_scores, default_score
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 CLASSIFIER_MAX_TRAIN = 10_000  # logistic regression on more images buys little accuracy for its time
@@ -102,7 +102,7 @@ def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | Non
               dataset: str | None = None, progress: bool = False) -> AnomalyCalibration:
     """Quantiles of every anomaly score available to the model on held-out normal images.
 
-    The default is the benchmark's best available score for `dataset` (`model.scores.default_score`).
+    The default is the benchmark's best available score for `dataset` (`model.anomaly.registry.default_score`).
     A score's stored parameters are those it uses (`k` for the scores built on L_K).
     """
     names = available_scores(model, companions)

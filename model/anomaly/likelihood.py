@@ -17,7 +17,7 @@ images (few strokes, much black) are likely under any pixel model. The scores he
 error divided by the image's own structure (its edge energy), both in square-root grey levels.
 
 Every score has the signature `score(model, x, *, k, noise, companions) -> Tensor (B,)`, higher
-meaning more anomalous, like those in `model.scores`. `companions` holds the extra models a run
+meaning more anomalous, like those in `model.anomaly.registry`. `companions` holds the extra models a run
 directory carries (`{"background": VAE}`); a score that needs one says so in `NEEDS`.
 """
 
@@ -31,9 +31,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from model.noise import GLOBAL_NOISE, Noise
-from model.objectives import iwae_bound, reduce_to
-from model.vae import check_images
+from model.core.noise import GLOBAL_NOISE, Noise
+from model.core.objectives import iwae_bound, reduce_to
+from model.kinds.gaussian import check_images
 
 BACKGROUND = "background"
 NEEDS: dict[str, tuple[str, ...]] = {"likelihood_ratio": (BACKGROUND,)}
@@ -199,9 +199,9 @@ def fit_model(config, x: Tensor, *, epochs: int, perturb_rate: float = 0.0, seed
     model. The loop is the training loop stripped of checkpoints and metrics: companions and
     benchmark models are cheap to refit and never resumed.
     """
-    from model.data import UNLABELLED, Split, training_batches
-    from model.kinds import build_model, build_objective
-    from model.schedules import Progress
+    from model.data.loading import UNLABELLED, Split, training_batches
+    from model.kinds.registry import build_model, build_objective
+    from model.core.schedules import Progress
 
     if epochs < 1:
         raise ValueError(f"epochs: expected >= 1, got {epochs}")
@@ -305,14 +305,14 @@ def score_split(model: nn.Module, x: Tensor, names, *, k: int, noise: Noise | No
     The scores built on −L_K (`NLL_SCORES`) use the formulas of their functions (complexity =
     −L_K − L(x)·ln 2, excess = −L_K − Σ H(x_i), likelihood_ratio = −L_K + L_K^bg) on one shared
     −L_K, so they see the same importance samples and cost one bound between them; the other
-    scores call their function in `model.scores.SCORES` with `params[name]` as extra keywords.
+    scores call their function in `model.anomaly.registry.SCORES` with `params[name]` as extra keywords.
 
     Args:
         progress: called with the number of images after each batch of each pass (a bar's `update`).
     Returns:
         ({name: (N,) CPU tensor}, {name: seconds}); a score built on −L_K counts its seconds too.
     """
-    from model.scores import SCORES
+    from model.anomaly.registry import SCORES
 
     unknown = sorted(set(names) - set(SCORES))
     if unknown:

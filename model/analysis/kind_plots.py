@@ -1,7 +1,7 @@
 """Plots only the categorical and M2 kinds have, as PNG files (matplotlib, Agg backend).
 
 `KIND_PLOTS[kind](model, config, test, out_dir)` draws them all for a run and returns the paths;
-`vae plot` calls it after the plots every kind shares (model.plots).
+`vae plot` calls it after the plots every kind shares (model.analysis.plots).
 
 - categorical: `plot_category_codes` (what each category of each variable draws) and
   `plot_category_usage` (mean q(c|x) over the test set).
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.noise import RowwiseNoise
+from model.core.noise import RowwiseNoise
 
 DPI = 80
 MAX_VARIABLES_SHOWN = 20  # rows of the category-code grid
@@ -34,7 +34,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    from model.artefacts import atomic_write
+    from model.io.atomic import atomic_write
 
     path = Path(path)
     fig.tight_layout()

@@ -9,8 +9,8 @@ Benchmarks (results and anchors in docs/anomaly.md):
   `embedded-vs-fashion-mnist` is the quickstart's case (the embedded digits against garments).
 
 Every case trains a fresh model (and, for the likelihood ratio, a background model on perturbed
-inputs) with `model.anomaly.fit_model`, scores the test images in batches and reports the AUROC
-of each score with its wall time. Scoring goes through `model.anomaly.score_split`, as
+inputs) with `model.anomaly.likelihood.fit_model`, scores the test images in batches and reports the AUROC
+of each score with its wall time. Scoring goes through `model.anomaly.likelihood.score_split`, as
 calibration does: −L_K is computed once and shared by the `iwae`, `complexity`, `excess` and
 `likelihood_ratio` scores, so they all see the same importance samples.
 """
@@ -95,7 +95,7 @@ class Case:
 
 
 def _load(name: str, root: str, cache: dict):
-    from model.data import load_raw
+    from model.data.loading import load_raw
 
     if name not in cache:
         cache[name] = load_raw(name, None if name == "embedded" else str(Path(root) / name))
@@ -115,7 +115,7 @@ def cases(config: BenchConfig, cache: dict):
     """Yield the cases of every benchmark, loading each data set once."""
     import torch
 
-    from model.data import filter_classes
+    from model.data.loading import filter_classes
 
     for benchmark in config.benchmarks:
         if benchmark.startswith("oneclass-"):
@@ -150,8 +150,8 @@ def run_case(case: Case, config: BenchConfig) -> dict:
     """Train the case's model (and background model), score its test images, return the AUROCs."""
     import torch
 
-    from model.anomaly import BACKGROUND, NLL_SCORES, fit_model, score_split
-    from model.config import TrainConfig
+    from model.anomaly.likelihood import BACKGROUND, NLL_SCORES, fit_model, score_split
+    from model.config.train import TrainConfig
 
     train_config = TrainConfig(latent_features=config.latent_features, hidden=config.hidden, kl="analytic",
                                epochs=case.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
@@ -276,7 +276,7 @@ def run(config: BenchConfig, out: Path, command: str = "", log=print) -> dict:
     """Run every case, writing the JSON report (and a .md beside it) after each one."""
     import torch
 
-    from model.artefacts import write_bytes, write_json
+    from model.io.atomic import write_bytes, write_json
 
     started = time.perf_counter()
     report = {"command": command, "config": asdict(config), "threads": torch.get_num_threads(),

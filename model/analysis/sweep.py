@@ -18,7 +18,7 @@
 
 `vae sweep FILE` trains every run into SWEEP_DIR/runs/NAME (a complete run with the same config
 is skipped, an incomplete one resumed), records the sweep in SWEEP_DIR/sweep.json and writes the
-comparison (see `model.report`). `--quick` swaps the data for a few hundred embedded digits and
+comparison (see `model.analysis.report`). `--quick` swaps the data for a few hundred embedded digits and
 one epoch, so CI runs any sweep in seconds.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import TrainConfig
+from model.config.train import TrainConfig
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -158,11 +158,11 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, only: tuple[str, ...] = (), 
     Returns:
         The sweep directory.
     """
-    from model import checkpoint as ckpt
-    from model.artefacts import write_json
-    from model.data import load_data
-    from model.report import read_sweep_record, write_comparison
-    from model.train import TrainingError, train
+    from model.runs import checkpoint as ckpt
+    from model.io.atomic import write_json
+    from model.data.loading import load_data
+    from model.analysis.report import read_sweep_record, write_comparison
+    from model.runs.train import TrainingError, train
 
     out = Path(out_dir)
     unknown = sorted(set(only) - {r.name for r in sweep.runs})

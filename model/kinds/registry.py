@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from model.categorical import CategoricalObjective, CategoricalVAE
-from model.config import TrainConfig
-from model.m2 import M2Objective, SemiSupervisedVAE, evaluate_m2, m2_batches
-from model.objectives import ImportanceWeightedObjective, VariationalInference
-from model.schedules import Progress, linear_warmup
-from model.vae import VariationalAutoencoder
+from model.kinds.categorical import CategoricalObjective, CategoricalVAE
+from model.config.train import TrainConfig
+from model.kinds.m2 import M2Objective, SemiSupervisedVAE, evaluate_m2, m2_batches
+from model.core.objectives import ImportanceWeightedObjective, VariationalInference
+from model.core.schedules import Progress, linear_warmup
+from model.kinds.gaussian import VariationalAutoencoder
 
 
 class GaussianObjective:
@@ -46,7 +46,7 @@ class Kind:
     # Numbers only this kind has, added to evaluation.json under "kind": (model, DataBundle) -> dict.
     evaluate: Callable[[nn.Module, object], dict] | None = None
     # How training batches are drawn: (Split, batch_size, binarize) -> iterator of (x, y).
-    # None: `model.data.training_batches`, one random permutation per epoch.
+    # None: `model.data.loading.training_batches`, one random permutation per epoch.
     batches: Callable | None = None
 
 

@@ -69,7 +69,7 @@ def importance_sampling(n_samples: int = 10_000, repeats: int = 200, seed: int =
 
 
 def plot_importance_sampling(result: dict, path: Path) -> Path:
-    from model.plots import pyplot, save_figure
+    from model.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     samples = result["_samples"]
@@ -181,7 +181,7 @@ def bound_ordering(model, x: Tensor, ks=DEFAULT_KS, chunk: int = 250, seed: int 
 
 
 def plot_bound_ordering(result: dict, path: Path, title: str = "") -> Path:
-    from model.plots import pyplot, save_figure
+    from model.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     rows = result["rows"]
@@ -237,7 +237,7 @@ def gradient_estimators(model, x: Tensor, samples: int = 2000, seed: int = 0) ->
 
 def plot_gradient_estimators(results: list[dict], path: Path) -> Path:
     """Std of each estimator per image (latent unit 1), log scale: one marker per image."""
-    from model.plots import pyplot, save_figure
+    from model.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     names = ("pathwise", "score_function_baseline", "score_function")
@@ -259,7 +259,7 @@ def plot_gradient_estimators(results: list[dict], path: Path) -> Path:
 # --- command ---------------------------------------------------------------------------------
 
 def _importance_command(args: argparse.Namespace) -> int:
-    from model.artefacts import write_json
+    from model.io.atomic import write_json
 
     out = Path(args.out)
     result = importance_sampling(args.samples, seed=args.seed)
@@ -274,9 +274,9 @@ def _importance_command(args: argparse.Namespace) -> int:
 
 
 def _bounds_command(args: argparse.Namespace) -> int:
-    from model.artefacts import write_json
-    from model.checkpoint import load_model
-    from model.data import load_data
+    from model.io.atomic import write_json
+    from model.runs.checkpoint import load_model
+    from model.data.loading import load_data
 
     model, config = load_model(args.run_dir)
     if args.threads:
@@ -302,9 +302,9 @@ def _bounds_command(args: argparse.Namespace) -> int:
 
 
 def _reparameterization_command(args: argparse.Namespace) -> int:
-    from model.artefacts import write_json
-    from model.checkpoint import load_model
-    from model.data import load_data
+    from model.io.atomic import write_json
+    from model.runs.checkpoint import load_model
+    from model.data.loading import load_data
 
     model, config = load_model(args.run_dir)
     data = load_data(config.replace(data_dir=args.data_dir) if args.data_dir else config)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
-from model.noise import Noise
+from model.core.noise import Noise
 
 KLMode = Literal["sampled", "analytic"]
 

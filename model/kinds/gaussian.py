@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli
 
-from model.distributions import ReparameterizedDiagonalGaussian
-from model.networks import mlp
-from model.noise import GLOBAL_NOISE, Noise
-from model.objectives import ElboTerms, elbo_terms_from_outputs, reduce_to
+from model.core.distributions import ReparameterizedDiagonalGaussian
+from model.nets.mlp import mlp
+from model.core.noise import GLOBAL_NOISE, Noise
+from model.core.objectives import ElboTerms, elbo_terms_from_outputs, reduce_to
 
 # log σ passes through a soft clamp to (−LOG_SIGMA_BOUND, LOG_SIGMA_BOUND): near zero it is the
 # identity, far out it saturates, so a small β cannot send σ to 0 or ∞ and the KL to NaN.
@@ -46,7 +46,7 @@ class VariationalAutoencoder(nn.Module):
         latent_features: number of latent units.
         hidden: widths of the encoder's hidden layers; the decoder mirrors them. The course's
             network is (256, 128).
-        activation: nonlinearity between layers (see `model.networks.ACTIVATIONS`).
+        activation: nonlinearity between layers (see `model.nets.mlp.ACTIVATIONS`).
     """
 
     kind: ClassVar[str] = "gaussian"

@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, kl_divergence
 
-from model.categorical import gumbel_noise
-from model.data import UNLABELLED, DataBundle, Split, eval_batches, labelled, training_batches
-from model.distributions import ReparameterizedDiagonalGaussian
-from model.networks import activation as make_activation
-from model.networks import mlp
-from model.noise import GLOBAL_NOISE, Noise
-from model.objectives import ElboTerms, reduce_to
-from model.schedules import Progress
-from model.vae import LOG_SIGMA_BOUND, check_images
+from model.kinds.categorical import gumbel_noise
+from model.data.loading import UNLABELLED, DataBundle, Split, eval_batches, labelled, training_batches
+from model.core.distributions import ReparameterizedDiagonalGaussian
+from model.nets.mlp import activation as make_activation
+from model.nets.mlp import mlp
+from model.core.noise import GLOBAL_NOISE, Noise
+from model.core.objectives import ElboTerms, reduce_to
+from model.core.schedules import Progress
+from model.kinds.gaussian import LOG_SIGMA_BOUND, check_images
 
 KL_MODES = ("sampled", "analytic")
 
@@ -279,7 +279,7 @@ class SemiSupervisedVAE(nn.Module):
 
 class M2Objective:
     """Kingma et al. (2014), eq. 9, per batch: labelled images give −L(x, y) + α·(−log q(y|x)),
-    unlabelled ones (label `model.data.UNLABELLED`) give −U(x); the loss is the batch mean."""
+    unlabelled ones (label `model.data.loading.UNLABELLED`) give −U(x); the loss is the batch mean."""
 
     def __init__(self, config):
         if config.objective != "elbo":

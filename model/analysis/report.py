@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.sweep import RUNS_DIR, SWEEP_FILE, SweepError
+from model.analysis.sweep import RUNS_DIR, SWEEP_FILE, SweepError
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
@@ -47,8 +47,8 @@ def read_sweep_record(sweep_dir: str | Path) -> dict:
 
 def collect(sweep_dir: str | Path) -> tuple[dict, list[RunSummary]]:
     """The sweep record and a summary of each of its runs, in the sweep file's order."""
-    from model.artefacts import read_jsonl
-    from model.checkpoint import CONFIG, EVALUATION, METRICS, is_complete
+    from model.io.atomic import read_jsonl
+    from model.runs.checkpoint import CONFIG, EVALUATION, METRICS, is_complete
 
     sweep_dir = Path(sweep_dir)
     record = read_sweep_record(sweep_dir)
@@ -159,7 +159,7 @@ def confusion_summary(run_dir: Path, test) -> dict[str, dict] | None:
     """Per digit: recall of the run's latent classifier on the test set and the digit it most often says instead."""
     import torch
 
-    from model.checkpoint import load_checkpoint
+    from model.runs.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.classifier is None:
@@ -205,8 +205,8 @@ def kind_table(rows: list[dict]) -> str:
 
 def write_comparison(sweep_dir: str | Path) -> list[Path]:
     """comparison.json, comparison.md, learning_curves.png and rate_distortion.png in SWEEP_DIR."""
-    from model.artefacts import write_bytes, write_json
-    from model.plots import plot_overlaid_curves, plot_rate_distortion
+    from model.io.atomic import write_bytes, write_json
+    from model.analysis.plots import plot_overlaid_curves, plot_rate_distortion
 
     sweep_dir = Path(sweep_dir)
     record, runs = collect(sweep_dir)
@@ -247,11 +247,11 @@ def _budget(record: dict, runs: list[RunSummary]) -> str:
 
 def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = False, log=print) -> Path:
     """Write SWEEP_DIR/report.md with the comparison, per-class table, budget and figures."""
-    from model.artefacts import write_bytes
-    from model.config import TrainConfig
-    from model.data import load_data
-    from model.plots import plot_run
-    from model.sweep import DATA_FIELDS
+    from model.io.atomic import write_bytes
+    from model.config.train import TrainConfig
+    from model.data.loading import load_data
+    from model.analysis.plots import plot_run
+    from model.analysis.sweep import DATA_FIELDS
 
     sweep_dir = Path(sweep_dir)
     write_comparison(sweep_dir)
