@@ -7,14 +7,17 @@ import gc
 import logging
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
-from service.auth import require_token
-from service.docs import install_docs
-from service.errors import error_responses, install_error_handlers
-from service.limits import BodySizeLimit
-from service.metrics import RequestTracking
+from service.http.auth import require_token
+from service.http.docs import install_docs
+from service.http.errors import error_responses, install_error_handlers
+from service.http.limits import BodySizeLimit
+from service.http.tracking import RequestTracking
+from service.oip import routes as oip
+from service.rest import routes
 from service.settings import Settings
 from service.state import Service, ServiceDep
 
@@ -36,8 +39,6 @@ vae_requests_total{model="default",operation="elbo",status="200"} 42.0
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Models load when the app starts (its lifespan), not here."""
-    from service import oip, routes
-
     settings = settings or Settings()
     logging.getLogger("service").setLevel(settings.log_level.upper())
     service = Service.build(settings)
@@ -45,8 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.torch_threads is not None:
-            import torch
-
             torch.set_num_threads(settings.torch_threads)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(service.inference.executor, service.registry.load_all, service.inference.warm_up)

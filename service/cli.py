@@ -24,7 +24,7 @@ def check_model_dir(root: Path) -> None:
     mistake (a typo, or no run trained yet) that waiting would not mend: the server does not pick
     up runs added after it starts.
     """
-    from service.registry import run_directories
+    from service.core.registry import run_directories
 
     expected = f"expected a folder of run directories written by `vae train --out {root}/NAME`"
     if not root.exists():

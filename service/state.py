@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.batching import ArrivalGate
-from service.inference import Inference
-from service.metrics import Metrics
-from service.registry import Registry
+from service.core.batching import ArrivalGate
+from service.core.inference import Inference
+from service.core.metrics import Metrics
+from service.core.registry import Registry
 from service.settings import Settings
 
 

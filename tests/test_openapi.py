@@ -9,7 +9,7 @@ import pytest
 from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator, validate
 
 from service.app import create_app
-from service.docs import openapi_3_0
+from service.http.docs import openapi_3_0
 from service.settings import Settings
 
 READINESS_PROBES = {"/health/ready", "/v2/health/ready"}  # their 503 body is the probe's own schema

@@ -16,8 +16,8 @@ import pytest
 from model.config.train import TrainConfig
 from model.data.loading import load_data
 from service.app import create_app
-from service.batching import ArrivalGate, Batcher
-from service.errors import BadInputError, NotReadyError
+from service.core.batching import ArrivalGate, Batcher
+from service.core.errors import BadInputError, NotReadyError
 from service.settings import Settings
 
 

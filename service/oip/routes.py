@@ -13,135 +13,28 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import zlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import to_json
+from pydantic import ValidationError
 
-from service.auth import require_token
-from service.bodies import parse_json
-from service.errors import (
-    BadInputError, ModelNotFoundError, PayloadTooLargeError, UnsupportedError, bad_input_from, error_responses, plural,
+from service.core.errors import BadInputError, ModelNotFoundError, bad_input_from
+from service.core.operations import OPERATIONS
+from service.core.params import PARAMS
+from service.core.registry import ModelEntry
+from service.http.auth import require_token
+from service.http.errors import error_responses
+from service.http.images import check_count, check_images
+from service.oip.codec import (
+    IGNORED_PARAMETERS, OIP_NAMES, PER_REQUEST_OUTPUTS, VERSION, encode_response, read_infer_request, tensor_array,
 )
-from service.images import as_number_array, check_count, check_images
-from service.operations import OPERATIONS
-from service.registry import ModelEntry
-from service.schemas import AnomalyParams, ElboParams, EncodeParams, IwaeParams, NoParams, SampleParams
+from service.oip.types import (
+    InferRequest, InferResponse, ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse, ServerMetadataResponse,
+    ServerReadyResponse,
+)
 from service.state import Service, ServiceDep
-
-VERSION = "1"
-DTYPES: dict[str, np.dtype] = {name: np.dtype(t) for name, t in {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}.items()}
-OIP_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-FLOATS = ("FP16", "FP32", "FP64")
-INTEGERS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
-PARAMS: dict[str, type[BaseModel]] = {
-    "encode": EncodeParams, "decode": NoParams, "sample": SampleParams, "reconstruct": NoParams,
-    "elbo": ElboParams, "iwae": IwaeParams, "classify": NoParams, "anomaly": AnomalyParams,
-}
-PER_REQUEST_OUTPUTS = {"threshold"}  # one value per request, not per row
-# Request parameters of the protocol or of Triton's client that mean nothing here and are ignored.
-IGNORED_PARAMETERS = {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class InputTensor(_Strict):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    data: Any = None
-
-
-class RequestedOutput(_Strict):
-    name: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class InferRequest(_Strict):
-    id: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    inputs: list[InputTensor]
-    outputs: list[RequestedOutput] | None = None
-
-
-# --- response bodies, as the protocol defines them (for /docs; the routes build them as dicts) -----
-
-def _example(example: dict) -> ConfigDict:
-    return ConfigDict(json_schema_extra={"examples": [example]})
-
-
-class ServerLiveResponse(BaseModel):
-    model_config = _example({"live": True})
-    live: bool
-
-
-class ServerReadyResponse(BaseModel):
-    model_config = _example({"ready": True})
-    ready: bool
-    error: str | None = Field(None, description="why no model is ready (with 503)")
-
-
-class ServerMetadataResponse(BaseModel):
-    model_config = _example({"name": "vae-lab", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: str = Field(description="an OIP datatype: FP32, INT64, BOOL, ...")
-    shape: list[int] = Field(description="-1 where the size varies (the batch)")
-
-
-class ModelMetadataResponse(BaseModel):
-    model_config = _example({
-        "name": "default.encode", "versions": ["1"], "platform": "vae-lab/gaussian",
-        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 784]}],
-        "outputs": [{"name": "mu", "datatype": "FP32", "shape": [-1, 2]},
-                    {"name": "sigma", "datatype": "FP32", "shape": [-1, 2]},
-                    {"name": "z", "datatype": "FP32", "shape": [-1, -1, 2]}]})
-    name: str
-    versions: list[str]
-    platform: str = Field(description="vae-lab/{kind}")
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
-class ModelReadyResponse(BaseModel):
-    model_config = _example({"name": "default.encode", "ready": True})
-    name: str
-    ready: bool
-
-
-class OutputTensor(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-    data: list[Any] | None = Field(None, description="the values, flat in row-major order (JSON outputs)")
-    parameters: dict[str, Any] | None = Field(None, description="binary_data_size, for binary outputs")
-
-
-class InferResponse(BaseModel):
-    model_config = _example({"model_name": "default.elbo", "model_version": "1", "outputs": [
-        {"name": "elbo", "datatype": "FP32", "shape": [1], "data": [-146.64]},
-        {"name": "log_px", "datatype": "FP32", "shape": [1], "data": [-140.17]},
-        {"name": "kl", "datatype": "FP32", "shape": [1], "data": [6.47]}]})
-    model_name: str
-    model_version: str
-    id: str | None = Field(None, description="the request's id, if it had one")
-    outputs: list[OutputTensor]
-
 
 OipModel = Annotated[str, Path(description="{name}.{operation}", examples=["default.encode"])]
 MODEL_ERRORS = error_responses(400, 404, 503)
@@ -253,106 +146,6 @@ async def model_version_ready(model: OipModel, model_version: str, service: Serv
 
 # --- inference -----------------------------------------------------------------------------------
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise BadInputError(f"Content-Encoding: expected gzip, deflate or none, got {encoding!r}")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise BadInputError(f"body: expected {encoding} data, got undecodable bytes ({error})") from None
-    if len(out) > limit:
-        raise PayloadTooLargeError(f"body: expected at most {limit} bytes once decompressed (VAE_MAX_BODY_BYTES)")
-    return out
-
-
-async def read_infer_request(request: Request, limit: int) -> tuple[InferRequest, memoryview]:
-    body = _decompress(await request.body(), request.headers.get("content-encoding", "").lower(), limit)
-    header = request.headers.get("inference-header-content-length")
-    if header is not None:
-        try:
-            size = int(header)
-        except ValueError:
-            raise BadInputError(f"Inference-Header-Content-Length: expected an integer, got {header!r}") from None
-        if not 0 <= size <= len(body):
-            raise BadInputError(f"Inference-Header-Content-Length: expected at most the body's {plural(len(body), 'byte')}, got {size}")
-        head, binary = body[:size], memoryview(body)[size:]
-    else:
-        head, binary = body, memoryview(b"")
-    data = parse_json(head, "an OIP inference request in JSON")
-    try:
-        return InferRequest.model_validate(data), binary
-    except ValidationError as error:
-        raise bad_input_from(error) from None
-
-
-def tensor_array(tensor: InputTensor, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
-    """The tensor as a numpy array of its shape, and the offset of the next binary tensor."""
-    field = f"inputs.{tensor.name}"
-    dtype = DTYPES.get(tensor.datatype)
-    if dtype is None:
-        raise BadInputError(f"{field}.datatype: expected one of {sorted(DTYPES)}, got {tensor.datatype!r}")
-    if any(d < 0 for d in tensor.shape):
-        raise BadInputError(f"{field}.shape: expected non-negative sizes, got {tensor.shape}")
-    count = math.prod(tensor.shape)
-    if "shared_memory_region" in tensor.parameters:
-        raise UnsupportedError(f"{field}: the shared-memory extension is not supported; send the data")
-    size = tensor.parameters.get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or size != count * dtype.itemsize:
-            expected = plural(count * dtype.itemsize, "byte")
-            raise BadInputError(f"{field}.parameters.binary_data_size: expected {expected} for shape {tensor.shape} "
-                                f"of {tensor.datatype}, got {size!r}")
-        if offset + size > len(binary):
-            raise BadInputError(f"{field}: expected {plural(size, 'byte')} of binary data, but the body holds "
-                                f"{len(binary) - offset} after the JSON header")
-        array = np.frombuffer(binary[offset:offset + size], dtype=dtype.newbyteorder("<")).reshape(tensor.shape)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise BadInputError(f"{field}: expected finite numbers, got NaN or infinity")
-        return array, offset + size
-    if tensor.data is None:
-        raise BadInputError(f"{field}.data: expected the tensor's values (or binary data), got none")
-    values = tensor.data if isinstance(tensor.data, list) else [tensor.data]
-    if tensor.datatype == "BOOL":
-        try:
-            array = np.asarray(values, dtype=np.bool_)
-        except (ValueError, TypeError):
-            raise BadInputError(f"{field}.data: expected a flat or regularly nested list of booleans") from None
-    elif tensor.datatype in INTEGERS:
-        array = _integer_array(values, dtype, f"{field}.data")
-    else:
-        array = as_number_array(values, f"{field}.data").astype(dtype)
-    if array.size != count:
-        raise BadInputError(f"{field}: expected {plural(count, 'value')} for shape {tensor.shape}, got {array.size}")
-    return array.reshape(tensor.shape), offset
-
-
-def _integer_array(values: list, dtype: np.dtype, field: str) -> np.ndarray:
-    """Integers parsed exactly (not through float32) and checked against the datatype's range."""
-    try:
-        array = np.asarray(values)
-    except (ValueError, TypeError):
-        raise BadInputError(f"{field}: expected a flat or regularly nested list of integers") from None
-    if array.dtype.kind == "f" and array.size and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
-        array = array.astype(np.int64) if np.all(np.abs(array) < 2**62) else array
-    if array.size and array.dtype.kind not in "iu":
-        raise BadInputError(f"{field}: expected integers, got {array.dtype.name} values")
-    info = np.iinfo(dtype)
-    if array.size and (array.min() < info.min or array.max() > info.max):
-        raise BadInputError(f"{field}: expected integers in [{info.min}, {info.max}] for {dtype.name}, "
-                            f"got values in [{array.min()}, {array.max()}]")
-    return array.astype(dtype)
-
-
-def _flag(value, field: str) -> bool:
-    """A JSON boolean parameter; strings such as "false" are refused rather than read as true."""
-    if not isinstance(value, bool):
-        raise BadInputError(f"{field}: expected true or false, got {value!r}")
-    return value
-
-
 def _inputs(service: Service, entry: ModelEntry, operation: str, request: InferRequest,
             binary: memoryview) -> dict:
     """Keyword arguments for `Inference.run` from the request's tensors."""
@@ -403,40 +196,6 @@ def _parameters(operation: str, request: InferRequest) -> dict:
     return params.model_dump(exclude_none=True)
 
 
-def _response(model: OipModel, request: InferRequest, outputs: dict[str, np.ndarray]) -> Response:
-    default_binary = _flag(request.parameters.get("binary_data_output", False), "parameters.binary_data_output")
-    if request.outputs:
-        wanted = []
-        for out in request.outputs:
-            if out.name not in outputs:
-                raise BadInputError(f"outputs: {model} has outputs {sorted(outputs)}, got a request for {out.name!r}")
-            if "classification" in out.parameters:
-                raise UnsupportedError(f"outputs.{out.name}: the classification extension is not supported")
-            wanted.append((out.name, _flag(out.parameters.get("binary_data", default_binary),
-                                           f"outputs.{out.name}.parameters.binary_data")))
-    else:
-        wanted = [(name, default_binary) for name in outputs]
-    tensors, buffers = [], []
-    for name, binary in wanted:
-        array = np.ascontiguousarray(outputs[name])
-        tensor = {"name": name, "datatype": OIP_NAMES[array.dtype], "shape": list(array.shape)}
-        if binary:
-            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-            buffers.append(raw)
-        else:
-            tensor["data"] = array.reshape(-1).tolist()
-        tensors.append(tensor)
-    body = {"model_name": model, "model_version": VERSION, "outputs": tensors}
-    if request.id is not None:
-        body["id"] = request.id
-    head = to_json(body)  # pydantic-core's encoder: several times faster than json.dumps on big outputs
-    if not buffers:
-        return Response(head, media_type="application/json")
-    return Response(head + b"".join(buffers), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(head))})
-
-
 async def _infer(service: Service, request: Request, model: str, model_version: str | None) -> Response:
     entry, operation = resolve(service, model, model_version)
     infer_request, binary = await read_infer_request(request, service.settings.max_body_bytes)
@@ -446,7 +205,7 @@ async def _infer(service: Service, request: Request, model: str, model_version: 
     if operation == "anomaly":
         params["score"] = service.inference.anomaly_score(entry, params.get("score"))
     outputs = await service.inference.run(entry.name, operation, finish=finish, **inputs, **params)
-    return _response(model, infer_request, outputs)
+    return encode_response(model, infer_request, outputs)
 
 
 INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from service.errors import PayloadTooLargeError, error_response
+from service.core.errors import PayloadTooLargeError
+from service.http.errors import error_response
 
 
 class BodySizeLimit:

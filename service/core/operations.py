@@ -1,6 +1,6 @@
 """What each operation computes on a batch: the logic layer under the REST and OIP routes.
 
-An operation is run on a *batch* that may hold several requests' rows (see `service.batching`):
+An operation is run on a *batch* that may hold several requests' rows (see `service.core.batching`):
 `run_batch` stacks their inputs, gives each request's rows its own seeded noise
 (`model.core.noise.RowwiseNoise`), runs one forward pass and splits the outputs back. Per-request
 work that needs no forward pass (β, the false-positive rate, bits per dimension) happens after
@@ -23,7 +23,7 @@ from model.runs.checkpoint import Checkpoint
 from model.core.noise import RowwiseNoise
 from model.core.objectives import iwae_bound
 from model.anomaly.registry import SCORES
-from service.errors import BadInputError
+from service.core.errors import BadInputError
 
 InputKind = Literal["images", "z", "n"]
 

@@ -23,7 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import NotReadyError, OverloadedError, ServiceError, plural
+from service.core.errors import NotReadyError, OverloadedError, ServiceError, plural
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Request and response bodies of the REST API, with the examples shown at /docs.
 
-Image and latent fields are typed loosely here (`list[Any]`) and checked in `service.images` with
+Image and latent fields are typed loosely here (`list[Any]`) and checked in `service.http.images` with
 numpy: pydantic would validate 200,000 numbers one by one, and numpy names the problem just as well.
 """
 
@@ -10,6 +10,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from service.core.params import (
+    AnomalyParams, ElboParams, EncodeParams, IwaeParams, SampleParams, StrictModel,
+)
+
 # A real test digit (a 0 from the embedded MNIST set) as a 28×28 greyscale PNG, for /docs examples.
 EXAMPLE_PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA+UlEQVR42mNgGHhgPP/vfCMccgbv/vz58xa7nNnjv3/ev/xjyYYpxWXz4M/f"
@@ -17,11 +21,11 @@ EXAMPLE_PNG = (
     "Hs5Blzz2dx+C8//vEWTX+hj834SQ/Pf/ArLG0D/PJOHWt//dxYMqeR8u1/znoTsDquREmHeX/lmLFgJhfx9CGEXv/i5CD57QPz8nGciGbnr4"
     "9/5yC0zJP3+eXv/z58+RJszYkjn+58/fP39eTsQazZINf/7+6VUd+HQKAKxwbkTy8Ab1AAAAAElFTkSuQmCC"
 )
-# A flat 784-pixel image: a vertical bar, like a "1".
-EXAMPLE_IMAGE = [1.0 if 12 <= i % 28 <= 15 and 4 <= i // 28 <= 23 else 0.0 for i in range(784)]
+# A flat 28×28 image: a vertical bar, like a "1".
+EXAMPLE_SIDE = 28  # the examples are images of the embedded digits' size
+EXAMPLE_IMAGE = [1.0 if 12 <= i % EXAMPLE_SIDE <= 15 and 4 <= i // EXAMPLE_SIDE <= 23 else 0.0
+                 for i in range(EXAMPLE_SIDE * EXAMPLE_SIDE)]
 
-Seed = Annotated[int | None, Field(None, ge=0, le=2**63 - 1,
-                                   description="seed of this request's noise: same seed, same answer, batched or not")]
 ImagesField = Annotated[
     list[Any] | None,
     WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "array", "items": {
@@ -32,19 +36,7 @@ PngField = Annotated[list[str] | None, Field(None, description="images as base64
 PngFlag = Annotated[bool, Field(False, description="return images_png (base64 8-bit PNGs) instead of probs")]
 
 
-class ErrorResponse(BaseModel):
-    """Every error the server answers, whatever its status."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"error": "images: expected pixel values in [0, 1], got values from -0.5 to 1.2 (first offender: image 3)"}]})
-    error: str = Field(description="what was expected and what arrived")
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ImagesRequest(_Request):
+class ImagesRequest(StrictModel):
     """Exactly one of `images` and `images_png` (or PNG files uploaded as multipart field `images`)."""
 
     images: ImagesField
@@ -53,15 +45,6 @@ class ImagesRequest(_Request):
 
 def _examples(*examples: dict) -> dict:
     return {"examples": list(examples)}
-
-
-class NoParams(_Request):
-    """Operations without parameters."""
-
-
-class EncodeParams(_Request):
-    num_samples: int = Field(0, ge=0, description="posterior samples z ~ q(z|x) to draw per image")
-    seed: Seed
 
 
 class EncodeRequest(ImagesRequest, EncodeParams):
@@ -79,7 +62,7 @@ class EncodeResponse(BaseModel):
     z: list[list[list[float]]] | None = None
 
 
-class DecodeRequest(_Request):
+class DecodeRequest(StrictModel):
     model_config = ConfigDict(json_schema_extra=_examples({"z": [[0.0, 0.0], [1.5, -0.5]]}))
     z: Annotated[list[Any], WithJsonSchema({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}),
                  Field(description="latent vectors, each of the model's latent size")]
@@ -91,10 +74,6 @@ class ProbsResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG]}))
     probs: list[list[float]] | None = Field(None, description="Bernoulli means per pixel, flat H·W per row")
     images_png: list[str] | None = Field(None, description="the same as 8-bit greyscale PNGs, when png=true")
-
-
-class SampleParams(_Request):
-    seed: Seed
 
 
 class SampleRequest(SampleParams):
@@ -118,11 +97,6 @@ class ReconstructRequest(ImagesRequest):
     png: PngFlag
 
 
-class ElboParams(_Request):
-    beta: float = Field(1.0, ge=0, allow_inf_nan=False, description="weight of the KL term in elbo")
-    seed: Seed
-
-
 class ElboRequest(ImagesRequest, ElboParams):
     model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG], "seed": 0},
                                                           {"images": [EXAMPLE_IMAGE], "beta": 0.5}))
@@ -135,11 +109,6 @@ class ElboResponse(BaseModel):
     log_px: list[float] = Field(description="log p(x|z) at one sample z ~ q(z|x)")
     kl: list[float] = Field(description="KL(q(z|x) || p(z)), as the model was trained to estimate it")
     beta: float
-
-
-class IwaeParams(_Request):
-    k: int | None = Field(None, ge=1, description="importance samples (default VAE_DEFAULT_K, at most VAE_MAX_K)")
-    seed: Seed
 
 
 class IwaeRequest(ImagesRequest, IwaeParams):
@@ -164,12 +133,6 @@ class ClassifyResponse(BaseModel):
     probs: list[list[float]] = Field(description="class probabilities per image, columns in the order of classes")
     labels: list[int] = Field(description="the most probable class per image")
     classes: list[int]
-
-
-class AnomalyParams(_Request):
-    false_positive_rate: float = Field(0.01, gt=0, lt=1, description="share of normal images to flag")
-    score: str | None = Field(None, description="a calibrated score (GET /models/{name}); default: the model's")
-    seed: Seed
 
 
 class AnomalyRequest(ImagesRequest, AnomalyParams):

@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service.batching import ArrivalGate, Batcher
-from service.errors import BadInputError, NotReadyError, UnsupportedError, plural
-from service.metrics import Metrics
-from service.operations import OPERATIONS, Call, Outputs, run_batch
-from service.registry import ModelEntry, Registry
+from service.core.batching import ArrivalGate, Batcher
+from service.core.errors import BadInputError, NotReadyError, UnsupportedError, plural
+from service.core.metrics import Metrics
+from service.core.operations import OPERATIONS, Call, Outputs, run_batch
+from service.core.registry import ModelEntry, Registry
 from service.settings import Settings
 
 

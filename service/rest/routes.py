@@ -9,13 +9,15 @@ import numpy as np
 from fastapi import APIRouter, Depends, Path, Response
 
 from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE
-from service.auth import require_token
-from service.bodies import body_of, read_json, request_body_doc
-from service.errors import ServiceError, error_responses
-from service.images import encode_png, images_from_request, latents_from_request
-from service.operations import OPERATIONS, classes_of
-from service.registry import ModelEntry
-from service.schemas import (
+from service.http.auth import require_token
+from service.rest.bodies import body_of, request_body_doc
+from service.http.bodies import read_json
+from service.core.errors import ServiceError
+from service.http.errors import error_responses
+from service.http.images import encode_png, images_from_request, latents_from_request
+from service.core.operations import OPERATIONS, classes_of
+from service.core.registry import ModelEntry
+from service.rest.schemas import (
     AnomalyInfo, AnomalyRequest, AnomalyResponse, ClassifyRequest, ClassifyResponse, DecodeRequest, ElboRequest,
     ElboResponse, EncodeRequest, EncodeResponse, Health, ImagesRequest, IwaeRequest, IwaeResponse,
     ModelDetail, ModelList, ModelSummary, NoopResponse, ProbsResponse, ReconstructRequest, SampleRequest,

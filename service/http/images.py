@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.errors import BadInputError, plural
+from service.core.errors import BadInputError, plural
 
 
 def _shape_text(shape: Sequence[int]) -> str:

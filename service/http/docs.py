@@ -2,7 +2,7 @@
 served from this machine (swagger-ui-bundle's assets), so it works without a network.
 
 FastAPI's document is adjusted in two ways. Its default 422 body (`HTTPValidationError`) is
-replaced by `ErrorResponse`, since `service.errors` rewrites every validation error as
+replaced by `ErrorResponse`, since `service.http.errors` rewrites every validation error as
 `{"error": "..."}`. And request-body schemas embedded through `openapi_extra` keep their nested
 models under `$defs`, referenced as `#/$defs/Name`, which points nowhere in an OpenAPI document; those
 models move to `components/schemas`.
@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+
+from service.http.errors import ErrorResponse, error_responses
 
 ASSETS = "/docs-assets"
 DOCUMENT_3_0 = "/docs/openapi-3.0.json"
@@ -85,11 +87,8 @@ def _hoist_defs(document: dict) -> None:
 
 
 def _errors_as_error_response(document: dict) -> None:
-    """Define ErrorResponse (`service.errors.error_responses` refers to it) and point FastAPI's
+    """Define ErrorResponse (`service.http.errors.error_responses` refers to it) and point FastAPI's
     automatic 422 at it: the body the server really sends."""
-    from service.errors import error_responses
-    from service.schemas import ErrorResponse
-
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas["ErrorResponse"] = ErrorResponse.model_json_schema()
     default = {"$ref": "#/components/schemas/HTTPValidationError"}

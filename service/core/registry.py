@@ -20,8 +20,8 @@ import torch
 
 from model.runs.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model.anomaly.registry import SCORES, available_scores
-from service.errors import ModelNotFoundError, NotReadyError, UnsupportedError
-from service.operations import OPERATIONS
+from service.core.errors import ModelNotFoundError, NotReadyError, UnsupportedError
+from service.core.operations import OPERATIONS
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

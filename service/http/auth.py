@@ -6,7 +6,7 @@ import secrets
 
 from fastapi import Request
 
-from service.errors import UnauthorizedError
+from service.core.errors import UnauthorizedError
 
 
 async def require_token(request: Request) -> None:

@@ -1,4 +1,4 @@
-"""Request bodies: JSON, or multipart/form-data with PNG files, into one request schema.
+"""REST request bodies: JSON, or multipart/form-data with PNG files, into one request schema.
 
 Image endpoints take either body. Routes declare `body: Annotated[XRequest, Depends(body_of(XRequest))]`
 and `openapi_extra=request_body_doc(XRequest)` so /docs shows both content types and the examples.
@@ -11,31 +11,15 @@ from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from pydantic_core import from_json
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from service.errors import BadInputError, UnsupportedMediaTypeError, bad_input_from
-from service.schemas import ImagesRequest
+from service.core.errors import BadInputError, UnsupportedMediaTypeError, bad_input_from
+from service.http.bodies import media_type, read_json
+from service.rest.schemas import ImagesRequest
 
 Model = TypeVar("Model", bound=BaseModel)
 MAX_FORM_FIELDS = 64
-
-
-async def read_json(request: Request) -> object:
-    raw = await request.body()
-    if not raw:
-        raise BadInputError("body: expected a JSON object, got an empty body")
-    return parse_json(raw, "a JSON object")
-
-
-def parse_json(raw: bytes, expected: str) -> object:
-    """JSON bytes to Python objects with pydantic-core's parser (twice as fast as `json` on image
-    lists); NaN and Infinity are parsed, so that the image checks can name them."""
-    try:
-        return from_json(raw, allow_inf_nan=True)
-    except ValueError as error:  # syntax errors, invalid UTF-8, nesting deeper than the parser allows
-        raise BadInputError(f"body: expected {expected}, got invalid JSON ({error})") from None
 
 
 async def _read_form(request: Request, max_files: int) -> dict:
@@ -61,16 +45,12 @@ async def _read_form(request: Request, max_files: int) -> dict:
     return data
 
 
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
 def body_of(schema: type[Model]):
     """A dependency parsing the request body into `schema` (422 naming the field when it does not fit)."""
     accepts_files = issubclass(schema, ImagesRequest)
 
     async def parse(request: Request) -> Model:
-        media = _media_type(request)
+        media = media_type(request)
         if media in ("", "application/json") or media.endswith("+json"):
             data = await read_json(request)
         elif media == "multipart/form-data" and accepts_files:

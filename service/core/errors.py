@@ -1,20 +1,11 @@
-"""Domain errors carry their HTTP status; one handler turns any of them into `{"error": "..."}`.
+"""Domain errors carry their HTTP status (`service.http.errors` turns each into `{"error": "..."}`).
 
-Request-validation errors from FastAPI are rewritten the same way, naming the field, what was
-expected and what arrived, so every error a client sees has one shape.
+No FastAPI here: the core raises these, the HTTP layer maps them to responses.
 """
 
 from __future__ import annotations
 
-import logging
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -87,26 +78,9 @@ STATUSES: dict[int, tuple[str, str]] = {
 }
 
 
-ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}  # service.docs puts ErrorResponse there
-
-
-def error_responses(*statuses: int) -> dict[int, dict]:
-    """`responses=` for a route that can answer these statuses: ErrorResponse, with an example.
-
-    By reference rather than `"model": ErrorResponse`, which FastAPI would file under the route's own
-    media type (text/plain for /metrics) although errors are always JSON.
-    """
-    return {status: {"description": STATUSES[status][0], "content": {"application/json": {
-        "schema": ERROR_SCHEMA, "example": {"error": STATUSES[status][1]}}}} for status in statuses}
-
-
 def plural(count: int, noun: str) -> str:
     """`plural(1, "image")` is "1 image", `plural(3, "image")` "3 images"."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def describe_validation_errors(errors, prefix: str = "") -> str:
@@ -130,31 +104,3 @@ def describe_validation_errors(errors, prefix: str = "") -> str:
 
 def bad_input_from(error: ValidationError, prefix: str = "") -> BadInputError:
     return BadInputError(describe_validation_errors(error.errors(include_url=False), prefix))
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every error to `{"error": message}` with its status; nothing escapes as a bare 500."""
-
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-        return error_response(error.status, error.message, error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(422, describe_validation_errors(error.errors()))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        message = error.detail if isinstance(error.detail, str) else str(error.detail)
-        if error.status_code == 404 and message == "Not Found":
-            message = f"no route {request.method} {request.url.path}; see /docs"
-        elif error.status_code == 405 and message == "Method Not Allowed":
-            allowed = (error.headers or {}).get("Allow", "")
-            message = f"{request.url.path} does not answer {request.method}; expected {allowed or 'another method'}"
-        return error_response(error.status_code, message, getattr(error, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        # A bug, not bad input: log it with its traceback and say so without leaking internals.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(error).__name__}); the server log has details")
