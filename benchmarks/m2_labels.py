@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-features", type=int, default=50)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 128])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--alpha", type=float, default=TrainConfig().alpha)
+    parser.add_argument("--alpha", type=float, default=TrainConfig().optim.alpha)
     parser.add_argument("--eval-k", type=int, default=10, help="importance samples of the test L_K")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # The plain VAE: trained once, without reading labels; `--labels` only changes which labels
     # its evaluation's classifiers may use.
-    vae_config = TrainConfig(kind="gaussian", epochs=args.vae_epochs, labels=min(args.labels), **common)
+    vae_config = TrainConfig.of(kind="gaussian", epochs=args.vae_epochs, labels=min(args.labels), **common)
     vae_dir = args.out / "gaussian"
     if args.vae_run is not None:
         vae_dir = args.vae_run
         vae_checkpoint = load_checkpoint(vae_dir)
-        expected = vae_config.replace(labels=vae_checkpoint.config.labels).to_dict()
+        expected = vae_config.replace(labels=vae_checkpoint.config.data.labels).to_dict()
         differing = sorted(k for k, v in vae_checkpoint.config.to_dict().items() if expected[k] != v)
         if differing:
             raise SystemExit(f"--vae-run {vae_dir}: expected a run with this call's settings, but {differing} differ")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plain VAE: {vae_train_seconds:.0f} s of training, test ELBO {vae_eval['test']['elbo']:.1f}", flush=True)
 
     for n in args.labels:
-        config = TrainConfig(kind="m2", epochs=args.m2_epochs, labels=n, alpha=args.alpha, **common)
+        config = TrainConfig.of(kind="m2", epochs=args.m2_epochs, labels=n, alpha=args.alpha, **common)
         run_dir = args.out / f"m2-{n}"
         evaluation, train_seconds, wall = train_timed(config, run_dir)
         data = load_data(config)  # the same labelled subset the M2 run saw

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.anomaly.likelihood import EDGE_FLOOR, edge_energy, fit_model
+from model.anomaly.reconstruction import EDGE_FLOOR, edge_energy
+from model.anomaly.companions import fit_model
 from model.bench.anomaly import auroc
 from model.config.train import TrainConfig
-from model.data.loading import filter_classes, load_raw
+from model.data.transforms import filter_classes
+from model.data.loading import load_raw
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -60,7 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TrainConfig(latent_features=16, hidden=(256, 128), kl="analytic", epochs=args.epochs, seed=args.seed)
+    config = TrainConfig.of(latent_features=16, hidden=(256, 128), kl="analytic", epochs=args.epochs, seed=args.seed)
     table: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
     for name in args.datasets:

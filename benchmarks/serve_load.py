@@ -140,7 +140,7 @@ def train_model(root: Path) -> str:
 
     print("training the course's architecture for one epoch (the benchmark measures serving, not the fit)...",
           flush=True)
-    train(TrainConfig(epochs=1, train_subset=1000, eval_k=10, calibration_k=10, device="cpu"), root / "bench",
+    train(TrainConfig.of(epochs=1, train_subset=1000, eval_k=10, calibration_k=10, device="cpu"), root / "bench",
           progress=False)
     return "bench"
 

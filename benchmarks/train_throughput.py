@@ -49,12 +49,12 @@ class PilImages(Dataset):
 def dataloader_loop(config: TrainConfig, data) -> tuple[VariationalAutoencoder, float]:
     """Train as pytorch/examples/vae does; returns the model and images/second of the training passes."""
     torch.manual_seed(config.seed)
-    model = VariationalAutoencoder((1, 28, 28), config.latent_features, config.hidden, config.activation)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loader = DataLoader(PilImages(data.train.x, data.train.y), batch_size=config.batch_size, shuffle=True)
-    vi = VariationalInference(beta=config.beta)
+    model = VariationalAutoencoder((1, 28, 28), config.model.latent_features, config.model.hidden, config.model.activation)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
+    loader = DataLoader(PilImages(data.train.x, data.train.y), batch_size=config.optim.batch_size, shuffle=True)
+    vi = VariationalInference(beta=config.optim.beta)
     seconds, images = 0.0, 0
-    for _ in range(config.epochs):
+    for _ in range(config.optim.epochs):
         model.train()
         started = time.perf_counter()
         for x, _ in loader:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = TrainConfig(dataset="mnist" if args.data_dir else "embedded", data_dir=args.data_dir,
+    config = TrainConfig.of(dataset="mnist" if args.data_dir else "embedded", data_dir=args.data_dir,
                          epochs=args.epochs, batch_size=args.batch_size, device="cpu", eval_k=1,
                          calibration_k=1)
     data = load_data(config)
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     baseline_elbo = split_elbo(baseline, data.test, "analytic")["elbo"]
     ours_elbo = split_elbo(ours, data.test, "analytic")["elbo"]
-    print(f"data: {config.dataset} ({len(data.train)} training images), batch {config.batch_size}, "
-          f"{config.epochs} epochs, {args.threads} threads, CPU")
+    print(f"data: {config.data.dataset} ({len(data.train)} training images), batch {config.optim.batch_size}, "
+          f"{config.optim.epochs} epochs, {args.threads} threads, CPU")
     print(f"DataLoader + ToTensor loop: {baseline_rate:10.0f} images/s   test ELBO {baseline_elbo:8.2f}")
     print(f"tensor-slicing loop (ours): {ours_rate:10.0f} images/s   test ELBO {ours_elbo:8.2f}")
     print(f"speed-up: {ours_rate / baseline_rate:.2f}x (target: at least 3x)")

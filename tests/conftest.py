@@ -28,10 +28,11 @@ def tiny_run(tmp_path_factory) -> Path:
     Treat it as read-only; copy it (`shutil.copytree`) to damage or extend it.
     """
     from model.config.train import TrainConfig
-    from model.data.loading import DataBundle, Split, load_data
+    from model.data.base import DataBundle, Split
+    from model.data.loading import load_data
     from model.runs.train import train
 
-    config = TrainConfig(**TINY_RUN)
+    config = TrainConfig.of(**TINY_RUN)
     data = load_data(config)
     # Fewer held-out images than the data set has: evaluation and calibration dominate the time.
     data = DataBundle(data.train, Split(data.validation.x[:60], data.validation.y[:60]),

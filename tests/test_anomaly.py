@@ -8,19 +8,25 @@ import math
 import pytest
 import torch
 
-from model.anomaly.likelihood import (BACKGROUND, EDGE_FLOOR, NLL_SCORES, complexity_bits, edge_energy, excess, fit_companions,
-                           fit_model, input_complexity, input_entropy, likelihood_ratio, likelihood_regret, perturb,
-                           relative_reconstruction, score_split)
+from model.anomaly.base import BACKGROUND
+from model.anomaly.reconstruction import EDGE_FLOOR, edge_energy, relative_reconstruction
+from model.anomaly.registry import NLL_SCORES
+from model.anomaly.likelihood import complexity_bits, excess, input_complexity, input_entropy, likelihood_ratio
+from model.anomaly.companions import fit_companions, fit_model, perturb
+from model.anomaly.regret import likelihood_regret
+from model.anomaly.scoring import score_split
 from model.bench.anomaly import QUICK, auroc
 from model.anomaly.calibration import AnomalyCalibration
 from model.runs.checkpoint import load_companions, save_companions
 from model.config.train import TrainConfig
-from model.data.loading import filter_classes, load_raw
-from model.evaluation.evaluate import calibrate
+from model.data.transforms import filter_classes
+from model.data.loading import load_raw
+from model.anomaly.scoring import calibrate
 from model.core.noise import Noise
-from model.anomaly.registry import SCORES, available_scores, default_score, negative_iwae
+from model.anomaly.registry import SCORES, available_scores, default_score
+from model.anomaly.likelihood import negative_iwae
 
-TINY = TrainConfig(latent_features=2, hidden=(32,), epochs=3, batch_size=64, kl="analytic", seed=0)
+TINY = TrainConfig.of(latent_features=2, hidden=(32,), epochs=3, batch_size=64, kl="analytic", seed=0)
 
 
 class ZeroNoise(Noise):

@@ -10,7 +10,8 @@ import torch
 
 from model.cli.main import build_parser, main
 from model.config.train import TrainConfig
-from model.data.loading import DataError, check_idx_folder
+from model.data.base import DataError
+from model.data.mnist import check_idx_folder
 from model.kinds.registry import KINDS
 from model.runs.train import summary, train
 
@@ -70,10 +71,10 @@ def test_a_run_that_fails_later_is_resumable_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "split_elbo", fail_in_second_epoch)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError) as failure:
-        train(TrainConfig(**TINY), out, progress=False)
+        train(TrainConfig.of(**TINY), out, progress=False)
     assert any("--resume" in note and str(out) in note for note in failure.value.__notes__)
     monkeypatch.setattr(training, "split_elbo", real)
-    train(TrainConfig(**TINY), out, resume=True, progress=False)
+    train(TrainConfig.of(**TINY), out, resume=True, progress=False)
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 

@@ -46,7 +46,7 @@ def test_quadrature_matches_a_model_whose_posterior_is_exact():
 
 
 def test_bounds_rise_with_k_towards_log_px(tmp_path):
-    config = TrainConfig(hidden=(32,), latent_features=2, epochs=2, batch_size=128, train_subset=400,
+    config = TrainConfig.of(hidden=(32,), latent_features=2, epochs=2, batch_size=128, train_subset=400,
                          eval_k=4, calibration_k=4, seed=5)
     data = load_data(config)
     model, _ = load_model(train(config, tmp_path / "run", data=data, progress=False))

@@ -7,10 +7,14 @@ import torch
 from model import TrainConfig, iwae_bound, load_checkpoint
 from model.runs.checkpoint import CALIBRATION, CLASSIFIER, CONFIG, EVALUATION, MANIFEST, METRICS, WEIGHTS
 from model.cli.main import main
-from model.data.loading import UNLABELLED, DataError, Split, hide_labels, labelled, load_data
+from model.core.labels import UNLABELLED
+from model.data.base import DataError, Split
+from model.data.transforms import hide_labels, labelled
+from model.data.loading import load_data
 from model.kinds.m2 import SemiSupervisedVAE, m2_loss
 from model.core.noise import Noise, RowwiseNoise
 from model.runs.train import train
+from model.kinds.base import LatentModel
 
 TINY = dict(kind="m2", labels=50, latent_features=2, hidden=(32,), epochs=2, batch_size=128, train_subset=600,
             eval_k=10, calibration_k=5, seed=5)
@@ -123,24 +127,24 @@ def test_hidden_labels_are_balanced_seeded_and_counted():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    config = TrainConfig(**TINY)
+    config = TrainConfig.of(**TINY)
     return train(config, tmp_path_factory.mktemp("runs") / "m2", data=load_data(config), progress=False)
 
 
 def test_every_training_batch_carries_labelled_images():
-    from model.data.loading import Split
-    from model.kinds.m2 import m2_batches
+    from model.data.base import Split
+    from model.data.batches import labelled_batches
 
     y = torch.full((1000,), UNLABELLED)
     y[:10] = torch.arange(10)
     split = Split(torch.rand(1000, 1, 28, 28), y)
-    batches = list(m2_batches(split, 64, "none"))
+    batches = list(labelled_batches(split, 64, "none"))
     assert len(batches) == 16  # one pass over the 990 unlabelled images
     assert all((b_y != UNLABELLED).sum() == 10 for _, b_y in batches)  # min(64, 10 labels) each step
     unlabelled_seen = sum(int((b_y == UNLABELLED).sum()) for _, b_y in batches)
     assert unlabelled_seen == 990
     labelled_only = Split(split.x[:10], split.y[:10])
-    assert sum(len(b_y) for _, b_y in m2_batches(labelled_only, 4, "none")) == 10
+    assert sum(len(b_y) for _, b_y in labelled_batches(labelled_only, 4, "none")) == 10
 
 
 def test_tiny_run_is_a_complete_checkpoint_that_answers_every_operation(run):
@@ -163,7 +167,8 @@ def test_tiny_run_is_a_complete_checkpoint_that_answers_every_operation(run):
     assert torch.isfinite(iwae_bound(model, x, 10)).all()
     assert model.reconstruct(x).shape == (4, 1, 28, 28)
     assert model.describe()["classes"] == list(range(10))
-    assert {"encode", "decode", "sample", "elbo", "iwae", "classify"} <= model.operations
+    assert isinstance(model, LatentModel)  # the face the service needs: encode, decode, sample, elbo, ...
+    assert model.capabilities.native_classifier and model.capabilities.conditional
 
 
 def test_cli_takes_labels(tmp_path):
@@ -209,9 +214,9 @@ def test_the_service_serves_m2_with_classes(run, asgi_client):
 
 
 def test_a_background_companion_of_m2_learns_from_unlabelled_images():
-    from model.anomaly.likelihood import fit_companions
+    from model.anomaly.companions import fit_companions
 
-    config = TrainConfig(kind="m2", classes=(3, 7), hidden=(16,), latent_features=2, batch_size=32,
+    config = TrainConfig.of(kind="m2", classes=(3, 7), hidden=(16,), latent_features=2, batch_size=32,
                          background_epochs=1)
     companions = fit_companions(config, torch.rand(64, 1, 28, 28))
     assert set(companions) == {"background"}

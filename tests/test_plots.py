@@ -23,7 +23,7 @@ TINY = dict(hidden=(32,), latent_features=2, epochs=2, batch_size=128, train_sub
 
 @pytest.fixture(scope="module")
 def data():
-    return load_data(TrainConfig(**TINY))
+    return load_data(TrainConfig.of(**TINY))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_vae_plot_writes_every_plot_of_a_two_unit_run(run, tmp_path, capsys):
 
 
 def test_more_latent_units_draw_a_projection_and_no_manifold(tmp_path, data):
-    run = train(TrainConfig(**{**TINY, "latent_features": 3, "epochs": 1}), tmp_path / "three", data=data,
+    run = train(TrainConfig.of(**{**TINY, "latent_features": 3, "epochs": 1}), tmp_path / "three", data=data,
                 progress=False)
     written = plot_run(run, data=data, tsne=True, images=120)
     names = {p.stem for p in written}

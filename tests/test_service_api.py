@@ -32,7 +32,7 @@ def client(model_dir, asgi_client):
 @pytest.fixture(scope="module")
 def digits():
     """Four real test digits as (4, 784) float lists."""
-    x = load_data(TrainConfig(train_subset=100)).test.x[:4]
+    x = load_data(TrainConfig.of(train_subset=100)).test.x[:4]
     return x.reshape(4, -1).tolist()
 
 
@@ -128,7 +128,7 @@ def test_elbo_terms_and_beta(client, checkpoint, digits):
     assert half["log_px"] == body["log_px"] and half["kl"] == body["kl"]  # same seed, same sample
     np.testing.assert_allclose(half["elbo"], np.asarray(body["log_px"]) - 0.5 * np.asarray(body["kl"]), rtol=1e-5)
     # The same seed gives the same numbers as the library with the same per-request noise.
-    terms = checkpoint.model.elbo_terms(torch.tensor(digits), kl=checkpoint.config.kl,
+    terms = checkpoint.model.elbo_terms(torch.tensor(digits), kl=checkpoint.config.optim.kl,
                                         noise=RowwiseNoise([0], [len(digits)]))
     np.testing.assert_allclose(body["log_px"], terms.log_px.detach().numpy(), rtol=1e-5)
 

@@ -154,7 +154,7 @@ def client(model_dir, asgi_client):
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_data(TrainConfig(train_subset=100)).test.x[:12].reshape(12, -1).tolist()
+    return load_data(TrainConfig.of(train_subset=100)).test.x[:12].reshape(12, -1).tolist()
 
 
 def passes(client, operation: str) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""The service speaks to every model kind through its `operations` and `describe()`: M2's class
+"""The service speaks to every model kind through its `capabilities` and `describe()`: M2's class
 labels and native classifier, the categorical kind's one-hot latents. Untrained runs (weights as
 initialised, no calibration) are enough to check the plumbing, and take no time to make."""
 
@@ -11,7 +11,6 @@ import torch
 from model.io.atomic import write_json
 from model.runs.checkpoint import CONFIG, save_weights, write_manifest
 from model.config.train import TrainConfig
-from model.data.loading import INPUT_SHAPE
 from model.kinds.registry import build_model
 from service.app import create_app
 from service.settings import Settings
@@ -20,11 +19,11 @@ GOOD = [0.5] * 784
 
 
 def untrained_run(path, **config) -> None:
-    config = TrainConfig(hidden=(8,), latent_features=2, **config)
+    config = TrainConfig.of(hidden=(8,), latent_features=2, **config)
     torch.manual_seed(0)
     path.mkdir(parents=True)
     write_json(path / CONFIG, config.to_dict())
-    save_weights(path, build_model(config, INPUT_SHAPE))
+    save_weights(path, build_model(config))
     write_manifest(path, config)
 
 

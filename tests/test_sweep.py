@@ -48,9 +48,9 @@ def test_runs_are_variations_of_the_base():
 def test_quick_replaces_data_and_budget_and_keeps_the_variations():
     sweep = parse_sweep(TINY_SWEEP.replace('hidden = [32]', 'hidden = [32]\ndataset = "mnist"'), quick=True)
     for run in sweep.runs:
-        assert run.config.dataset == "embedded" and run.config.epochs == QUICK_OVERRIDES["epochs"]
-        assert run.config.train_subset == 128  # the file's [quick] table wins over the defaults
-    assert sweep.runs[1].config.beta == 10.0
+        assert run.config.data.dataset == "embedded" and run.config.optim.epochs == QUICK_OVERRIDES["epochs"]
+        assert run.config.data.train_subset == 128  # the file's [quick] table wins over the defaults
+    assert sweep.runs[1].config.optim.beta == 10.0
 
 
 @pytest.mark.parametrize("text, message", [
@@ -78,17 +78,17 @@ def test_assignments_are_toml_values():
 def test_shipped_sweeps_parse_in_both_modes(path):
     full, quick = load_sweep(path), load_sweep(path, quick=True)
     assert full.base.dataset == "mnist" and len(full.runs) >= 3
-    assert all(r.config.dataset == "embedded" for r in quick.runs)
+    assert all(r.config.data.dataset == "embedded" for r in quick.runs)
     assert [r.changes for r in full.runs] == [r.changes for r in quick.runs]
 
 
 def test_shipped_sweeps_cover_the_exercises():
     sweeps = {s.name: s for s in map(load_sweep, SWEEPS.glob("*.toml"))}
     arch = sweeps["exercise-3.1-architecture"].runs
-    assert len({r.config.hidden for r in arch}) >= 4 and len({r.config.activation for r in arch}) >= 3
-    assert [r.config.classes for r in sweeps["exercise-3.2-classes"].runs] == [(3, 7), (0, 1, 4, 9), None]
-    assert [r.config.latent_features for r in sweeps["exercise-3.3-latent"].runs] == [2, 5, 10, 32]
-    assert [r.config.beta for r in sweeps["exercise-4-beta"].runs] == [0, 0.1, 1, 10, 50]
+    assert len({r.config.model.hidden for r in arch}) >= 4 and len({r.config.model.activation for r in arch}) >= 3
+    assert [r.config.data.classes for r in sweeps["exercise-3.2-classes"].runs] == [(3, 7), (0, 1, 4, 9), None]
+    assert [r.config.model.latent_features for r in sweeps["exercise-3.3-latent"].runs] == [2, 5, 10, 32]
+    assert [r.config.optim.beta for r in sweeps["exercise-4-beta"].runs] == [0, 0.1, 1, 10, 50]
 
 
 def _check_sweep_dir(out: Path, names: list[str]) -> None:

@@ -9,7 +9,8 @@ import torch
 from model import CheckpointError, TrainConfig, load_checkpoint
 from model.runs.checkpoint import ARTEFACTS, COMPANIONS, MANIFEST, TRAINING_STATE
 from model.cli.main import main
-from model.data.loading import DataError, load_data
+from model.data.base import DataError
+from model.data.loading import load_data
 from model.runs.train import TrainingError, train
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
@@ -19,12 +20,12 @@ TINY = dict(hidden=(32,), latent_features=2, epochs=2, batch_size=128, train_sub
 
 @pytest.fixture(scope="module")
 def data():
-    return load_data(TrainConfig(**TINY))
+    return load_data(TrainConfig.of(**TINY))
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data):
-    return train(TrainConfig(**TINY), tmp_path_factory.mktemp("runs") / "tiny", data=data, progress=False)
+    return train(TrainConfig.of(**TINY), tmp_path_factory.mktemp("runs") / "tiny", data=data, progress=False)
 
 
 def test_run_directory_is_complete(run):
@@ -45,7 +46,10 @@ def test_run_directory_is_complete(run):
 
 def test_checkpoint_round_trips(run, data):
     checkpoint = load_checkpoint(run)
-    assert checkpoint.config == TrainConfig(**TINY)
+    # The config round-trips, with the data's shape and labels recorded beside the settings.
+    assert checkpoint.config.replace(input_shape=None, class_labels=None) == TrainConfig.of(**TINY)
+    assert checkpoint.config.data.input_shape == (1, 28, 28)
+    assert checkpoint.config.data.class_labels == tuple(range(10))
     x = data.test.x[:5]
     again = load_checkpoint(run)
     assert torch.equal(checkpoint.model.features(x), again.model.features(x))
@@ -56,9 +60,9 @@ def test_checkpoint_round_trips(run, data):
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path, data):
-    one = train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path / "resumed", data=data, progress=False)
-    train(TrainConfig(**TINY), one, resume=True, data=data, progress=False)
-    straight = train(TrainConfig(**TINY), tmp_path / "straight", data=data, progress=False)
+    one = train(TrainConfig.of(**{**TINY, "epochs": 1}), tmp_path / "resumed", data=data, progress=False)
+    train(TrainConfig.of(**TINY), one, resume=True, data=data, progress=False)
+    straight = train(TrainConfig.of(**TINY), tmp_path / "straight", data=data, progress=False)
     resumed_lines = (one / "metrics.jsonl").read_text().splitlines()
     assert len(resumed_lines) == 2
     a, b = load_checkpoint(one).model.state_dict(), load_checkpoint(straight).model.state_dict()
@@ -73,7 +77,7 @@ class _Crash(Exception):
 def test_resume_after_a_crash_inside_the_epoch_end_save_is_exact(tmp_path, data, monkeypatch, crash_in):
     import model.runs.checkpoint as ckpt
 
-    straight = train(TrainConfig(**TINY), tmp_path / "straight", data=data, progress=False)
+    straight = train(TrainConfig.of(**TINY), tmp_path / "straight", data=data, progress=False)
     original, calls = getattr(ckpt, crash_in), []
 
     def crash_on_second_epoch(*args, **kwargs):
@@ -84,9 +88,9 @@ def test_resume_after_a_crash_inside_the_epoch_end_save_is_exact(tmp_path, data,
 
     monkeypatch.setattr(ckpt, crash_in, crash_on_second_epoch)
     with pytest.raises(_Crash):
-        train(TrainConfig(**TINY), tmp_path / "crashed", data=data, progress=False)
+        train(TrainConfig.of(**TINY), tmp_path / "crashed", data=data, progress=False)
     monkeypatch.setattr(ckpt, crash_in, original)
-    train(TrainConfig(**TINY), tmp_path / "crashed", resume=True, data=data, progress=False)
+    train(TrainConfig.of(**TINY), tmp_path / "crashed", resume=True, data=data, progress=False)
     lines = [json.loads(line) for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     a, b = load_checkpoint(tmp_path / "crashed").model.state_dict(), load_checkpoint(straight).model.state_dict()
@@ -96,7 +100,7 @@ def test_resume_after_a_crash_inside_the_epoch_end_save_is_exact(tmp_path, data,
 def test_an_interrupted_extension_resumes_to_the_new_epoch_budget(tmp_path, data, monkeypatch):
     import model.runs.checkpoint as ckpt
 
-    out = train(TrainConfig(**{**TINY, "epochs": 1}), tmp_path / "extended", data=data, progress=False)
+    out = train(TrainConfig.of(**{**TINY, "epochs": 1}), tmp_path / "extended", data=data, progress=False)
     original, calls = ckpt.save_weights, []
 
     def crash_on_second_call(*args, **kwargs):
@@ -107,9 +111,9 @@ def test_an_interrupted_extension_resumes_to_the_new_epoch_budget(tmp_path, data
 
     monkeypatch.setattr(ckpt, "save_weights", crash_on_second_call)
     with pytest.raises(_Crash):  # --resume --epochs 3, interrupted in epoch 3's save
-        train(TrainConfig(**{**TINY, "epochs": 3}), out, resume=True, data=data, progress=False)
+        train(TrainConfig.of(**{**TINY, "epochs": 3}), out, resume=True, data=data, progress=False)
     monkeypatch.setattr(ckpt, "save_weights", original)
-    assert TrainConfig.load(out / "config.json").epochs == 3
+    assert TrainConfig.load(out / "config.json").optim.epochs == 3
     saved = TrainConfig.load(out / "config.json")  # `vae train --resume` without --epochs uses the saved budget
     train(saved, out, resume=True, data=data, progress=False)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
@@ -118,12 +122,12 @@ def test_an_interrupted_extension_resumes_to_the_new_epoch_budget(tmp_path, data
 
 def test_rerunning_into_an_existing_run_is_refused(run, data):
     with pytest.raises(TrainingError, match="already holds a run"):
-        train(TrainConfig(**TINY), run, data=data, progress=False)
+        train(TrainConfig.of(**TINY), run, data=data, progress=False)
 
 
 def test_resume_refuses_changed_settings(run, data):
     with pytest.raises(TrainingError, match=r"\['beta'\]"):
-        train(TrainConfig(**{**TINY, "beta": 2.0}), run, resume=True, data=data, progress=False)
+        train(TrainConfig.of(**{**TINY, "beta": 2.0}), run, resume=True, data=data, progress=False)
 
 
 def test_damaged_checkpoint_is_named(run, tmp_path):
@@ -155,23 +159,23 @@ def test_bad_images_are_refused_with_what_was_expected(run):
 
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="classes: expected at least one class label"):
-        TrainConfig(classes=())
+        TrainConfig.of(classes=())
     with pytest.raises(ValueError, match="binarize: expected one of"):
-        TrainConfig(binarize="sometimes")
+        TrainConfig.of(binarize="sometimes")
     with pytest.raises(ValueError, match="'iwae' trains the importance-weighted bound"):
-        TrainConfig(objective="iwae", k=5, beta=0.5)
+        TrainConfig.of(objective="iwae", k=5, beta=0.5)
     with pytest.raises(ValueError, match="the ELBO objective draws one sample"):
-        TrainConfig(objective="elbo", k=5)
+        TrainConfig.of(objective="elbo", k=5)
     with pytest.raises(DataError, match="no such directory"):
-        load_data(TrainConfig(dataset="mnist", data_dir="/nonexistent/mnist"))
+        load_data(TrainConfig.of(dataset="mnist", data_dir="/nonexistent/mnist"))
 
 
 def test_class_filter_and_binarization(data):
-    filtered = load_data(TrainConfig(**{**TINY, "classes": (3, 7)}))
+    filtered = load_data(TrainConfig.of(**{**TINY, "classes": (3, 7)}))
     assert set(filtered.train.y.tolist()) == {3, 7} and set(filtered.test.y.tolist()) == {3, 7}
-    static = load_data(TrainConfig(**{**TINY, "binarize": "static"}))
+    static = load_data(TrainConfig.of(**{**TINY, "binarize": "static"}))
     assert set(torch.unique(static.train.x).tolist()) <= {0.0, 1.0}
-    dynamic = load_data(TrainConfig(**{**TINY, "binarize": "dynamic"}))
+    dynamic = load_data(TrainConfig.of(**{**TINY, "binarize": "dynamic"}))
     assert len(torch.unique(dynamic.train.x)) > 2  # drawn afresh each pass
     assert set(torch.unique(dynamic.test.x).tolist()) <= {0.0, 1.0}
 
@@ -192,7 +196,7 @@ def test_cli_trains_and_reports_errors(tmp_path, capsys):
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist is not beside the checkout")
 def test_real_mnist_from_a_data_directory():
-    bundle = load_data(TrainConfig(dataset="mnist", data_dir=str(SHARED_MNIST), classes=(3, 7)))
+    bundle = load_data(TrainConfig.of(dataset="mnist", data_dir=str(SHARED_MNIST), classes=(3, 7)))
     # COURSE.md: classes [3, 7] have 12,396 training and 2,038 test images.
     assert len(bundle.train) + len(bundle.validation) == 12_396
     assert len(bundle.test) == 2_038

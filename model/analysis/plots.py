@@ -310,7 +310,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bo
         written.append(plot_samples(model, x, out / "samples.png"))
     if "latent" in wanted:
         written.append(plot_latent(model, x, y, out / "latent.png", tsne=tsne, seed=config.seed))
-    if config.kind == "gaussian":
+    if config.model.kind == "gaussian":
         if "interpolations" in wanted:
             written.append(plot_interpolations(model, x, y, out / "interpolations.png"))
         if "manifold" in wanted and model.latent_features == 2:
@@ -318,9 +318,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bo
         if "unit_kl" in wanted:
             written.append(plot_unit_kl(model, x, out / "unit_kl.png"))
     else:
-        plot, why = _kind_plots(config.kind)
+        plot, why = _kind_plots(config.model.kind)
         if plot is None:
-            log(f"note: no kind-specific plots for kind {config.kind!r} ({why}); drew the generic ones")
+            log(f"note: no kind-specific plots for kind {config.model.kind!r} ({why}); drew the generic ones")
         else:
             written.extend(Path(p) for p in plot(model, config, test, out))
     return written

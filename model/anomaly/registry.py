@@ -1,96 +1,64 @@
-"""Anomaly scores: functions of a trained model and a batch, higher meaning more anomalous.
+"""The anomaly scores a run can be scored with (`score=` in the service, `--scores` in the bench).
 
-Every score has the signature `score(model, x, *, k, noise, companions) -> Tensor (B,)` in nats per
-image (except `reconstruction`, a squared error, and `relative_reconstruction`, a ratio), so
-calibration and serving treat them alike.
-`companions` maps names to the extra models a run directory carries (`Checkpoint.companions`);
-`NEEDS` says which score needs which. The likelihood-correcting scores live in `model.anomaly.likelihood`.
+Add a score: its function in a module of this package (signature in `model.anomaly.base`), and
+one `Score(...)` line here declaring what it uses and needs. Calibration, the bench, the service's
+`score` parameter and the OIP metadata all read this table.
+
+The default score of a run is the first available score of its data set's ranking, which
+`vae bench anomaly --write-rankings` measures and writes to `rankings.json` beside this module
+(data, not code); a data set without a ranking gets `DEFAULT_SCORE`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from model.anomaly.likelihood import (KINDS, NEEDS, excess, input_complexity, likelihood_ratio, likelihood_regret,
-                           relative_reconstruction)
-from model.core.noise import Noise
-from model.core.objectives import iwae_bound
+from model.anomaly import likelihood, reconstruction, regret
+from model.anomaly.base import BACKGROUND, Score
 
-ScoreFn = Callable[..., Tensor]
-
-
-def negative_iwae(model: nn.Module, x: Tensor, *, k: int = 100, noise: Noise | None = None,
-                  companions: Mapping[str, nn.Module] | None = None) -> Tensor:
-    """−L_K(x): the importance-weighted estimate of −log p(x) (Burda et al. 2015)."""
-    return -iwae_bound(model, x, k, noise=noise)
-
-
-def negative_elbo(model: nn.Module, x: Tensor, *, k: int = 1, noise: Noise | None = None,
-                  companions: Mapping[str, nn.Module] | None = None) -> Tensor:
-    """−ELBO(x) from one posterior sample, with the kind's default KL estimate (sampled for the Gaussian VAE)."""
-    return -model.elbo_terms(x, noise=noise).elbo
-
-
-def reconstruction_error(model: nn.Module, x: Tensor, *, k: int = 1, noise: Noise | None = None,
-                         companions: Mapping[str, nn.Module] | None = None) -> Tensor:
-    """Sum of squared pixel errors between x and the decoder mean at the posterior mean."""
-    return (model.reconstruct(x) - x.reshape(x.shape[0], *model.input_shape)).pow(2).flatten(1).sum(1)
-
-
-SCORES: dict[str, ScoreFn] = {
-    "iwae": negative_iwae,
-    "elbo": negative_elbo,
-    "reconstruction": reconstruction_error,
-    "relative_reconstruction": relative_reconstruction,
-    "complexity": input_complexity,
-    "excess": excess,
-    "likelihood_ratio": likelihood_ratio,
-    "likelihood_regret": likelihood_regret,
-}
+SCORES: dict[str, Score] = {score.name: score for score in (
+    Score("iwae", likelihood.negative_iwae, "−L_K(x), the importance-weighted estimate of −log p(x)", uses_k=True),
+    Score("elbo", likelihood.negative_elbo, "−ELBO(x) from one posterior sample"),
+    Score("reconstruction", reconstruction.reconstruction_error,
+          "squared error of the decoder mean at the posterior mean"),
+    Score("relative_reconstruction", reconstruction.relative_reconstruction,
+          "root-grey-level reconstruction error over the image's edge energy"),
+    Score("complexity", likelihood.input_complexity, "−L_K(x) − L(x)·ln 2, L(x) a DEFLATE code length "
+          "(Serrà et al. 2020)", uses_k=True, correction=likelihood.complexity_correction),
+    Score("excess", likelihood.excess, "−L_K(x) − Σ H(x_i), the likelihood in excess of the input's entropy",
+          uses_k=True, correction=likelihood.excess_correction),
+    Score("likelihood_ratio", likelihood.likelihood_ratio, "−L_K(x) + L_K^bg(x) against a background model "
+          "(Ren et al. 2019)", uses_k=True, needs=(BACKGROUND,), correction=likelihood.likelihood_ratio_correction),
+    Score("likelihood_regret", regret.likelihood_regret, "ELBO gained by optimising the posterior for x alone "
+          "(Xiao et al. 2020)", requires="gaussian_latent"),
+)}
+# The scores built on −L_K(x): `model.anomaly.scoring.score_split` computes the bound once for them.
+NLL_SCORES: tuple[str, ...] = ("iwae", *(name for name, score in SCORES.items() if score.correction is not None))
 DEFAULT_SCORE = "iwae"
-# The default score of a run, per data set: the first available of these, ranked by the mean of
-# the data set's two benchmark AUROCs (its one-class mean and its OOD direction) measured by
-# `vae bench anomaly` (docs/anomaly.md); the embedded digits' OOD direction is against Fashion-MNIST.
-# Unknown data: iwae.
-PREFERRED_SCORES: dict[str, tuple[str, ...]] = {
-    "mnist": ("relative_reconstruction", "excess", "reconstruction", "elbo", "iwae", "likelihood_ratio", "complexity"),
-    "fashion-mnist": ("relative_reconstruction", "excess", "reconstruction", "complexity", "elbo", "iwae",
-                      "likelihood_ratio"),
-    "embedded": ("excess", "relative_reconstruction", "reconstruction", "elbo", "iwae", "likelihood_ratio", "complexity"),
-}
+RANKINGS = Path(__file__).with_name("rankings.json")
 
 
 def available_scores(model: nn.Module, companions: Mapping[str, nn.Module] | None = None) -> list[str]:
-    """The scores that work for this model's kind and whose companions are all present."""
-    return [name for name in SCORES
-            if all(need in (companions or {}) for need in NEEDS.get(name, ()))
-            and getattr(model, "kind", None) in KINDS.get(name, (getattr(model, "kind", None),))]
+    """The scores that work for this model and whose companions are all present."""
+    return [name for name, score in SCORES.items() if score.available_for(model, companions)]
+
+
+@cache
+def rankings(path: Path = RANKINGS) -> dict[str, tuple[str, ...]]:
+    """The benchmark's ranking of the scores per data set, best first (see `model.bench.rankings`)."""
+    data = json.loads(path.read_text())
+    return {dataset: tuple(names) for dataset, names in data["rankings"].items()}
 
 
 def default_score(dataset: str | None, available: list[str]) -> str:
-    """The benchmark's best score for `dataset` among `available` (DEFAULT_SCORE for unknown data)."""
-    for name in PREFERRED_SCORES.get(dataset, (DEFAULT_SCORE,)):
+    """The benchmark's best score for `dataset` among `available` (DEFAULT_SCORE for unranked data)."""
+    preferred = rankings().get(dataset, (DEFAULT_SCORE,))
+    for name in preferred:
         if name in available:
             return name
-    raise ValueError(f"none of the preferred scores {PREFERRED_SCORES.get(dataset)} is available; got {available}")
-
-
-def get_score(name: str) -> ScoreFn:
-    try:
-        return SCORES[name]
-    except KeyError:
-        raise ValueError(f"unknown anomaly score {name!r}; expected one of {sorted(SCORES)}") from None
-
-
-@torch.no_grad()
-def score_batches(model: nn.Module, x: Tensor, score: str, *, k: int = 100, batch_size: int = 500,
-                  companions: Mapping[str, nn.Module] | None = None) -> Tensor:
-    """A score over a whole split, in batches, on the model's device; returns a CPU tensor (N,)."""
-    fn = get_score(score)
-    device = next(model.parameters()).device
-    out = [fn(model, x[i:i + batch_size].to(device), k=k, companions=companions).cpu()
-           for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(out)
+    raise ValueError(f"none of the preferred scores {list(preferred)} is available; got {available}")

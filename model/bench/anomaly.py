@@ -115,7 +115,7 @@ def cases(config: BenchConfig, cache: dict):
     """Yield the cases of every benchmark, loading each data set once."""
     import torch
 
-    from model.data.loading import filter_classes
+    from model.data.transforms import filter_classes
 
     for benchmark in config.benchmarks:
         if benchmark.startswith("oneclass-"):
@@ -150,7 +150,10 @@ def run_case(case: Case, config: BenchConfig) -> dict:
     """Train the case's model (and background model), score its test images, return the AUROCs."""
     import torch
 
-    from model.anomaly.likelihood import BACKGROUND, NLL_SCORES, fit_model, score_split
+    from model.anomaly.base import BACKGROUND
+    from model.anomaly.registry import NLL_SCORES
+    from model.anomaly.companions import fit_model
+    from model.anomaly.scoring import score_split
     from model.config.train import TrainConfig
 
     train_config = TrainConfig(latent_features=config.latent_features, hidden=config.hidden, kl="analytic",

@@ -13,7 +13,7 @@ import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from model.config.train import TrainConfig, add_config_arguments, config_overrides
+from model.config.train import TrainConfig, add_train_arguments, train_overrides
 from model.kinds.registry import KINDS
 
 
@@ -32,12 +32,12 @@ def _train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)  # a runtime knob, not part of the run's config
-    overrides = config_overrides(args)
+    overrides = train_overrides(args)
     if args.resume and (out / CONFIG).exists():
         # The saved run's settings, with the flags given; train() refuses any change but --epochs.
         config = TrainConfig.load(out / CONFIG).replace(**overrides)
     else:
-        config = TrainConfig(**overrides)
+        config = TrainConfig.of(**overrides)
     run = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     print(summary(run))
     return 0
@@ -46,7 +46,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from model.runs.checkpoint import load_model
     from model.data.loading import load_data
-    from model.runs.train import finish, resolve_device, summary
+    from model.runs.finish import finish
+    from model.core.device import resolve_device
+    from model.runs.train import summary
 
     model, config = load_model(args.run_dir)
     model.to(resolve_device(config.device if args.device is None else args.device))
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model into a run directory")
-    add_config_arguments(train, choices={"kind": tuple(KINDS)})
+    add_train_arguments(train, choices={"kind": tuple(KINDS)})
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from model.runs.checkpoint import CheckpointError
-    from model.data.loading import DataError
+    from model.data.base import DataError
     from model.runs.train import TrainingError
 
     try:

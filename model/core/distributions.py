@@ -105,3 +105,14 @@ def _kl_gaussian_gaussian(q: ReparameterizedDiagonalGaussian, p: Reparameterized
     var_ratio = (q.sigma / p.sigma).pow(2)
     mean_term = ((q.mu - p.mu) / p.sigma).pow(2)
     return 0.5 * (var_ratio + mean_term - 1) - (q.log_sigma - p.log_sigma)
+
+
+# log σ passes through a soft clamp to (−LOG_SIGMA_BOUND, LOG_SIGMA_BOUND): near zero it is the
+# identity, far out it saturates, so a small β cannot send σ to 0 or ∞ and the KL to NaN.
+LOG_SIGMA_BOUND = 10.0
+
+
+def diagonal_gaussian(params: Tensor) -> ReparameterizedDiagonalGaussian:
+    """N(mu, sigma²) from a network's output `[mu, log_sigma]` (..., 2·D), log σ soft-clamped."""
+    mu, log_sigma = params.chunk(2, dim=-1)
+    return ReparameterizedDiagonalGaussian(mu, LOG_SIGMA_BOUND * torch.tanh(log_sigma / LOG_SIGMA_BOUND))

@@ -69,3 +69,15 @@ class RowwiseNoise(Noise):
 
 
 GLOBAL_NOISE = Noise()
+
+
+def rsample(q, sample_shape: Sequence[int] = (), noise: Noise | None = None) -> Tensor:
+    """z = mu + sigma · eps from a diagonal Gaussian q of batch shape (*S, B, D), eps drawn from `noise`.
+
+    Returns (*sample_shape, *S, B, D). The noise rows follow the images (axis −2), so a request's
+    seeded rows stay its own however the batch was assembled (see `RowwiseNoise`).
+    """
+    *leading, batch, features = q.mu.shape
+    eps = (noise or GLOBAL_NOISE).normal((*sample_shape, *leading), batch, (features,),
+                                         device=q.mu.device, dtype=q.mu.dtype)
+    return q.rsample(eps=eps)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from torch.distributions import kl_divergence
 from model.core.noise import Noise
 
 KLMode = Literal["sampled", "analytic"]
+KL_MODES: tuple[str, ...] = get_args(KLMode)
 
 
 def reduce_to(values: Tensor, ndim: int) -> Tensor:
@@ -40,23 +41,36 @@ class ElboTerms:
         return self.log_px - beta * self.kl
 
 
-def elbo_terms_from_outputs(x: Tensor, outputs: dict, kl: KLMode = "sampled") -> ElboTerms:
-    """The ELBO's terms from a model's `forward` outputs (`px`, `pz`, `qz`, `z`).
+def check_kl_mode(kl: str) -> None:
+    if kl not in KL_MODES:
+        raise ValueError(f"unknown KL mode {kl!r}; expected one of {list(KL_MODES)}")
+
+
+def kl_term(qz, pz, z: Tensor, kl: KLMode, ndim: int) -> Tensor:
+    """KL(q(z|x) || p(z)) summed over the latent units, keeping the first `ndim` dimensions.
 
     `kl="sampled"` is the course's one-sample estimate log q(z|x) − log p(z) at the sampled z;
-    `kl="analytic"` uses the closed form registered with `torch.distributions.kl_divergence`.
+    `kl="analytic"` the closed form registered with `torch.distributions.kl_divergence`.
     """
+    check_kl_mode(kl)
+    if kl == "sampled":
+        return reduce_to(qz.log_prob(z), ndim) - reduce_to(pz.log_prob(z), ndim)
+    return reduce_to(kl_divergence(qz, pz), ndim)
+
+
+def bits_per_dim(log_px, n_pixels: int):
+    """−log p(x) in bits per pixel value: the unit the image-modelling literature reports."""
+    return -log_px / (n_pixels * math.log(2))
+
+
+def elbo_terms_from_outputs(x: Tensor, outputs: dict, kl: KLMode = "sampled") -> ElboTerms:
+    """The ELBO's terms from a model's `forward` outputs (`px`, `pz`, `qz`, `z`); `kl` as in `kl_term`."""
     px, pz, qz, z = outputs["px"], outputs["pz"], outputs["qz"], outputs["z"]
     batch = x.shape[0]
     log_px = reduce_to(px.log_prob(x.reshape(px.batch_shape + px.event_shape)), 1)
-    if kl == "sampled":
-        kl_term = reduce_to(qz.log_prob(z), 1) - reduce_to(pz.log_prob(z), 1)
-    elif kl == "analytic":
-        kl_term = reduce_to(kl_divergence(qz, pz), 1)
-    else:
-        raise ValueError(f"unknown KL mode {kl!r}; expected 'sampled' or 'analytic'")
-    assert log_px.shape == kl_term.shape == (batch,), (log_px.shape, kl_term.shape)
-    return ElboTerms(log_px=log_px, kl=kl_term)
+    kl_z = kl_term(qz, pz, z, kl, 1)
+    assert log_px.shape == kl_z.shape == (batch,), (log_px.shape, kl_z.shape)
+    return ElboTerms(log_px=log_px, kl=kl_z)
 
 
 class VariationalInference:

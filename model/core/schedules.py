@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -20,5 +21,14 @@ def linear_warmup(target: float, warmup_epochs: float):
         if warmup_epochs <= 0:
             return target
         return target * min(1.0, progress.epoch / warmup_epochs)
+
+    return schedule
+
+
+def exponential_temperature(start: float, floor: float, rate: float):
+    """τ(step) = max(floor, start · exp(−rate · step)) (Jang et al. 2016, section 4)."""
+
+    def schedule(progress: Progress) -> float:
+        return max(floor, start * math.exp(-rate * progress.step))
 
     return schedule

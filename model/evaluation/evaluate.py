@@ -10,27 +10,26 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration, ScoreCalibration
-from model.evaluation.classifier import LinearSoftmaxClassifier, fit_logistic_regression
-from model.data.loading import DataBundle, Split, eval_batches, labelled
+from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration
+from model.anomaly.scoring import calibrate
+from model.evaluation.classifier import fit_logistic_regression
+from model.nets.classifier import LinearSoftmaxClassifier
+from model.data.base import DataBundle, Split
+from model.data.batches import eval_batches
+from model.data.transforms import labelled
 from model.kinds.registry import get_kind
-from model.core.objectives import iwae_bound
-from model.anomaly.likelihood import K_SCORES, score_split
-from model.anomaly.registry import available_scores, default_score
+from model.core.device import device_of
+from model.core.objectives import bits_per_dim, iwae_bound
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 CLASSIFIER_MAX_TRAIN = 10_000  # logistic regression on more images buys little accuracy for its time
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @torch.no_grad()
 def split_elbo(model: nn.Module, split: Split, kl: str = "sampled", batch_size: int = 1000) -> dict[str, float]:
     """Mean ELBO, log p(x|z) and KL over a split (nats per image)."""
     totals = {"elbo": 0.0, "log_px": 0.0, "kl": 0.0}
-    device = _device(model)
+    device = device_of(model)
     for x, _ in eval_batches(split, batch_size):
         terms = model.elbo_terms(x.to(device), kl=kl)
         totals["elbo"] += terms.elbo.sum().item()
@@ -42,7 +41,7 @@ def split_elbo(model: nn.Module, split: Split, kl: str = "sampled", batch_size: 
 @torch.no_grad()
 def split_iwae(model: nn.Module, split: Split, k: int, batch_size: int = 100, progress: bool = False) -> Tensor:
     """L_K per image over a split, on the CPU (N,); `progress` shows a bar over the images."""
-    device = _device(model)
+    device = device_of(model)
     out = []
     with tqdm(total=len(split), desc=f"test L_{k}", unit="img", disable=not progress, leave=False) as bar:
         for x, _ in eval_batches(split, batch_size):
@@ -53,7 +52,7 @@ def split_iwae(model: nn.Module, split: Split, k: int, batch_size: int = 100, pr
 
 @torch.no_grad()
 def split_features(model: nn.Module, split: Split, batch_size: int = 1000) -> Tensor:
-    device = _device(model)
+    device = device_of(model)
     return torch.cat([model.features(x.to(device)).cpu() for x, _ in eval_batches(split, batch_size)])
 
 
@@ -67,7 +66,7 @@ def active_units(features: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> 
 @torch.no_grad()
 def reconstruction_errors(model: nn.Module, split: Split, batch_size: int = 1000) -> Tensor:
     """Mean squared pixel error of the decoder mean at the posterior mean, per image (N,)."""
-    device = _device(model)
+    device = device_of(model)
     out = []
     for x, _ in eval_batches(split, batch_size):
         x = x.to(device)
@@ -95,23 +94,6 @@ def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[
     summary = {"latent_accuracy": latent_acc, "pixel_accuracy": pixel_acc, "train_images": len(train),
                "classes": [int(c) for c in latent.classes]}
     return latent, summary
-
-
-def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | None = None,
-              dataset: str | None = None, progress: bool = False) -> AnomalyCalibration:
-    """Quantiles of every anomaly score available to the model on held-out normal images.
-
-    The default is the benchmark's best available score for `dataset` (`model.anomaly.registry.default_score`).
-    A score's stored parameters are those it uses (`k` for the scores built on L_K).
-    """
-    names = available_scores(model, companions)
-    with tqdm(desc=f"calibrating {len(names)} anomaly scores", unit="img", disable=not progress,
-              leave=False) as bar:
-        values, _ = score_split(model, normal.x, names, k=k, companions=companions, batch_size=100,
-                                progress=bar.update)  # −L_K once for all
-    calibrations = {name: ScoreCalibration.fit(name, values[name].numpy(), {"k": k} if name in K_SCORES else {})
-                    for name in names}
-    return AnomalyCalibration(calibrations, default_score(dataset, names))
 
 
 def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, kl: str = "sampled",
@@ -143,7 +125,7 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
     default = calibration.scores[calibration.default]
     evaluation = {
         "test": {**test, "images": len(data.test)},
-        "iwae": {"k": k, "log_px": iwae, "nll": -iwae, "bits_per_dim": -iwae / (n_pixels * math.log(2))},
+        "iwae": {"k": k, "log_px": iwae, "nll": -iwae, "bits_per_dim": bits_per_dim(iwae, n_pixels)},
         "active_units": active_units(split_features(model, data.test)),
         "reconstruction_mse": float(recon.mean()),
         "per_class": per_class,
@@ -152,7 +134,8 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
                         "false_positive_rate": DEFAULT_FALSE_POSITIVE_RATE,
                         "threshold": default.threshold(DEFAULT_FALSE_POSITIVE_RATE)},
         "binarize": data.binarize,
-        **({"kind": kind_evaluation(model, data)} if kind_evaluation is not None else {}),
+        **({"kind": kind_evaluation(model, data.test.x, data.test.y, data.train.y)}
+           if kind_evaluation is not None else {}),
         "seconds": round(time.perf_counter() - started, 2),
     }
     return evaluation, classifier, calibration

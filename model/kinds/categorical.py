@@ -16,59 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, OneHotCategorical, kl_divergence
-from torch.distributions.utils import clamp_probs
 
-from model.core.distributions import ReparameterizedDiagonalGaussian
-from model.nets.mlp import mlp
-from model.core.noise import GLOBAL_NOISE, Noise
-from model.core.objectives import ElboTerms, reduce_to
-from model.core.schedules import Progress, linear_warmup
-from model.kinds.gaussian import LOG_SIGMA_BOUND, check_images
-
-KL_MODES = ("sampled", "analytic")
-
-
-def gumbel_noise(logits: Tensor, sample_shape: Sequence[int], noise: Noise) -> Tensor:
-    """g = −log(−log u), u ~ U(0, 1), shaped `(*sample_shape, *logits.shape)` (logits are (B, ..., C))."""
-    u = noise.uniform(tuple(sample_shape), logits.shape[0], logits.shape[1:], device=logits.device,
-                      dtype=logits.dtype)
-    # As torch.distributions.ExpRelaxedCategorical.rsample does, so the same uniforms give its sample.
-    return -(-clamp_probs(u).log()).log()
-
-
-def relaxed_one_hot(logits: Tensor, temperature: float, sample_shape: Sequence[int] = (),
-                    noise: Noise | None = None, straight_through: bool = False) -> Tensor:
-    """A Gumbel-softmax sample of `RelaxedOneHotCategorical(temperature, logits)`: a point of the simplex.
-
-    With `straight_through`, the forward value is the one-hot argmax and the gradient is that of
-    the relaxed sample (Jang et al. 2016, section 2.2).
-
-    Args:
-        logits: (B, N, C) unnormalised log-probabilities of N variables of C categories.
-    Returns:
-        (*sample_shape, B, N, C), each last-axis vector non-negative and summing to 1.
-    """
-    g = gumbel_noise(logits, sample_shape, noise or GLOBAL_NOISE)
-    soft = torch.softmax((logits + g) / temperature, dim=-1)
-    if not straight_through:
-        return soft
-    hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
-    return hard - soft.detach() + soft
-
-
-def one_hot_sample(logits: Tensor, sample_shape: Sequence[int] = (), noise: Noise | None = None) -> Tensor:
-    """An exact sample of `OneHotCategorical(logits=logits)` by the Gumbel-max trick: (*sample_shape, B, N, C)."""
-    g = gumbel_noise(logits, sample_shape, noise or GLOBAL_NOISE)
-    return F.one_hot((logits + g).argmax(-1), logits.shape[-1]).to(logits.dtype)
-
-
-def exponential_temperature(start: float, floor: float, rate: float):
-    """τ(step) = max(floor, start · exp(−rate · step)) (Jang et al. 2016, section 4)."""
-
-    def schedule(progress: Progress) -> float:
-        return max(floor, start * math.exp(-rate * progress.step))
-
-    return schedule
+from model.config.train import ModelConfig, OptimConfig
+from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
+from model.core.gumbel import one_hot_sample, relaxed_one_hot
+from model.core.images import check_images
+from model.core.likelihoods import bernoulli
+from model.core.noise import GLOBAL_NOISE, Noise, rsample
+from model.core.objectives import ElboTerms, check_kl_mode, kl_term, reduce_to
+from model.core.schedules import Progress, exponential_temperature, linear_warmup
+from model.kinds.base import Capabilities
+from model.nets.base import Network
+from model.nets.registry import NETWORKS
 
 
 class CategoricalVAE(nn.Module):
@@ -88,15 +47,15 @@ class CategoricalVAE(nn.Module):
         categories: C, the categories of each.
         gaussian_features: G, Gaussian latent units beside them (0: none).
         hidden, activation: the encoder's hidden widths (the decoder mirrors them) and nonlinearity.
+        network, config: the network family and its config (default: the MLP of `hidden`, `activation`).
     """
 
     kind: ClassVar[str] = "categorical"
-    operations: ClassVar[frozenset[str]] = frozenset(
-        {"encode", "decode", "sample", "reconstruct", "elbo", "iwae", "classify", "anomaly"}
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, input_shape: Sequence[int], variables: int, categories: int, gaussian_features: int = 0,
-                 hidden: Sequence[int] = (256, 128), activation: str = "relu"):
+                 hidden: Sequence[int] = (256, 128), activation: str = "relu", network: Network | None = None,
+                 config: ModelConfig | None = None):
         super().__init__()
         if variables < 1 or categories < 2 or gaussian_features < 0:
             raise ValueError(
@@ -108,10 +67,11 @@ class CategoricalVAE(nn.Module):
         self.gaussian_features = int(gaussian_features)
         self.latent_features = self.variables * self.categories + self.gaussian_features
         self.observation_features = math.prod(self.input_shape)
-        hidden = tuple(hidden)
-        self.encoder = mlp(self.observation_features, hidden,
-                           self.variables * self.categories + 2 * self.gaussian_features, activation)
-        self.decoder = mlp(self.latent_features, tuple(reversed(hidden)), self.observation_features, activation)
+        network = network or NETWORKS["mlp"]
+        config = config or ModelConfig(hidden=tuple(hidden), activation=activation)
+        self.encoder = network.encoder(config, self.input_shape,
+                                       self.variables * self.categories + 2 * self.gaussian_features)
+        self.decoder = network.decoder(config, self.latent_features, self.input_shape)
         # Uniform prior logits over categories and [mu, log_sigma] of N(0, I), as buffers.
         self.register_buffer("prior_logits", torch.zeros(1, self.variables, self.categories))
         self.register_buffer("prior_params", torch.zeros(1, 2 * self.gaussian_features))
@@ -120,14 +80,12 @@ class CategoricalVAE(nn.Module):
 
     def posterior(self, x: Tensor) -> tuple[OneHotCategorical, ReparameterizedDiagonalGaussian | None]:
         """q(c|x) with batch shape (B, N) and event (C,), and q(z|x) with batch shape (B, G) (None if G = 0)."""
-        h_x = self.encoder(x.reshape(x.shape[0], -1))
+        h_x = self.encoder(x.reshape(x.shape[0], *self.input_shape))
         logits = h_x[:, : self.variables * self.categories].reshape(-1, self.variables, self.categories)
         qc = OneHotCategorical(logits=logits)
         if self.gaussian_features == 0:
             return qc, None
-        mu, log_sigma = h_x[:, self.variables * self.categories:].chunk(2, dim=-1)
-        log_sigma = LOG_SIGMA_BOUND * torch.tanh(log_sigma / LOG_SIGMA_BOUND)
-        return qc, ReparameterizedDiagonalGaussian(mu, log_sigma)
+        return qc, diagonal_gaussian(h_x[:, self.variables * self.categories:])
 
     def prior(self, batch_size: int = 1) -> tuple[OneHotCategorical, ReparameterizedDiagonalGaussian | None]:
         """p(c) = Π_n Cat(1/C), batch shape (B, N); p(z) = N(0, I), batch shape (B, G) (None if G = 0)."""
@@ -139,19 +97,12 @@ class CategoricalVAE(nn.Module):
 
     def observation_model(self, latent: Tensor) -> Bernoulli:
         """p(x|c, z) from the flat latent `[c, z]` (..., N·C + G): batch shape (..., *input_shape)."""
-        px_logits = self.decoder(latent).reshape(*latent.shape[:-1], *self.input_shape)
-        # Grey levels in [0, 1] are soft targets, outside Bernoulli's support: skip validation.
-        return Bernoulli(logits=px_logits, validate_args=False)
+        return bernoulli(self.decoder(latent))
 
     def _latent(self, c: Tensor, z: Tensor | None) -> Tensor:
         """Flatten c (..., N, C) and append z (..., G): (..., N·C + G)."""
         flat = c.flatten(-2)
         return flat if z is None else torch.cat([flat, z], dim=-1)
-
-    @staticmethod
-    def _rsample(qz: ReparameterizedDiagonalGaussian, sample_shape, noise: Noise) -> Tensor:
-        eps = noise.normal(sample_shape, qz.mu.shape[0], qz.mu.shape[1:], device=qz.mu.device, dtype=qz.mu.dtype)
-        return qz.rsample(sample_shape, eps=eps)
 
     # --- training -----------------------------------------------------------------------------
 
@@ -170,7 +121,7 @@ class CategoricalVAE(nn.Module):
             c = one_hot_sample(qc.logits, (), noise)
         else:
             c = relaxed_one_hot(qc.logits, temperature, (), noise, straight_through)
-        z = None if qz is None else self._rsample(qz, (), noise)
+        z = None if qz is None else rsample(qz, (), noise)
         return {"px": self.observation_model(self._latent(c, z)), "qc": qc, "pc": pc, "qz": qz, "pz": pz,
                 "c": c, "z": z}
 
@@ -180,18 +131,14 @@ class CategoricalVAE(nn.Module):
 
         Without a temperature the sample is one-hot (evaluation); with one, it is relaxed (training).
         """
-        if kl not in KL_MODES:
-            raise ValueError(f"unknown KL mode {kl!r}; expected one of {list(KL_MODES)}")
+        check_kl_mode(kl)
         x = check_images(x, self.input_shape)
         out = self.forward(x, noise, temperature, straight_through)
         log_px = reduce_to(out["px"].log_prob(x), 1)
-        kl_term = kl_divergence(out["qc"], out["pc"]).sum(-1)  # exact, summed over the N variables
+        kl_c = kl_divergence(out["qc"], out["pc"]).sum(-1)  # exact, summed over the N variables
         if out["qz"] is not None:
-            if kl == "analytic":
-                kl_term = kl_term + reduce_to(kl_divergence(out["qz"], out["pz"]), 1)
-            else:
-                kl_term = kl_term + reduce_to(out["qz"].log_prob(out["z"]) - out["pz"].log_prob(out["z"]), 1)
-        return ElboTerms(log_px=log_px, kl=kl_term)
+            kl_c = kl_c + kl_term(out["qz"], out["pz"], out["z"], kl, 1)
+        return ElboTerms(log_px=log_px, kl=kl_c)
 
     # --- the service's face -------------------------------------------------------------------
 
@@ -209,7 +156,7 @@ class CategoricalVAE(nn.Module):
         log_w = (pc.log_prob(c) - qc.log_prob(c)).sum(-1)  # (K, B)
         z = None
         if qz is not None:
-            z = self._rsample(qz, (num_samples,), noise)  # (K, B, G)
+            z = rsample(qz, (num_samples,), noise)  # (K, B, G)
             log_w = log_w + reduce_to(pz.log_prob(z) - qz.log_prob(z), 2)
         px = self.observation_model(self._latent(c, z))  # batch shape (K, B, *input_shape)
         return log_w + reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)
@@ -229,7 +176,7 @@ class CategoricalVAE(nn.Module):
         if num_samples > 0:
             noise = noise or GLOBAL_NOISE
             c = one_hot_sample(qc.logits, (num_samples,), noise)
-            z = None if qz is None else self._rsample(qz, (num_samples,), noise)
+            z = None if qz is None else rsample(qz, (num_samples,), noise)
             out["z"] = self._latent(c, z)
         return out
 
@@ -257,7 +204,7 @@ class CategoricalVAE(nn.Module):
         noise = noise or GLOBAL_NOISE
         pc, pz = self.prior(n)
         c = one_hot_sample(pc.logits, (), noise)
-        z = None if pz is None else self._rsample(pz, (), noise)
+        z = None if pz is None else rsample(pz, (), noise)
         latent = self._latent(c, z)
         return {"z": latent, "probs": self.observation_model(latent).probs}
 
@@ -278,7 +225,7 @@ class CategoricalVAE(nn.Module):
 class CategoricalObjective:
     """The β-ELBO with relaxed samples at the annealed temperature (recorded as `temperature`)."""
 
-    def __init__(self, config):
+    def __init__(self, config: OptimConfig):
         if config.objective != "elbo":
             raise ValueError(
                 f"objective: --kind categorical trains with 'elbo' (relaxed samples), got {config.objective!r}; "
@@ -300,3 +247,8 @@ class CategoricalObjective:
         with torch.no_grad():
             diagnostics = {"elbo": terms.elbo, "log_px": terms.log_px, "kl": terms.kl}
         return loss, diagnostics
+
+
+def build(config: ModelConfig, network: Network, input_shape: Sequence[int], class_labels) -> nn.Module:
+    return CategoricalVAE(input_shape, config.categorical_variables, config.categories, config.gaussian_features,
+                          config.hidden, config.activation, network, config)

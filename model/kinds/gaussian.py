@@ -1,4 +1,4 @@
-"""The course's variational autoencoder with a diagonal-Gaussian latent."""
+"""The course's variational autoencoder with a diagonal-Gaussian latent, and its objective."""
 
 from __future__ import annotations
 
@@ -10,29 +10,18 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli
 
-from model.core.distributions import ReparameterizedDiagonalGaussian
-from model.nets.mlp import mlp
-from model.core.noise import GLOBAL_NOISE, Noise
-from model.core.objectives import ElboTerms, elbo_terms_from_outputs, reduce_to
-
-# log σ passes through a soft clamp to (−LOG_SIGMA_BOUND, LOG_SIGMA_BOUND): near zero it is the
-# identity, far out it saturates, so a small β cannot send σ to 0 or ∞ and the KL to NaN.
-LOG_SIGMA_BOUND = 10.0
-
-
-def check_images(x: Tensor, input_shape: Sequence[int]) -> Tensor:
-    """Reshape a batch to (B, *input_shape) after checking its size and values, or say what was wrong."""
-    n_pixels = math.prod(input_shape)
-    if x.dim() < 2 or math.prod(x.shape[1:]) != n_pixels:
-        raise ValueError(
-            f"expected a batch of images of {n_pixels} pixels (shape (B, {', '.join(map(str, input_shape))})), "
-            f"got shape {tuple(x.shape)}"
-        )
-    if not torch.isfinite(x).all():
-        raise ValueError("expected finite pixel values in [0, 1], got NaN or infinity")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"expected pixel values in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]")
-    return x.reshape(x.shape[0], *input_shape)
+from model.config.train import ModelConfig, OptimConfig
+from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
+from model.core.images import check_images
+from model.core.likelihoods import bernoulli
+from model.core.noise import Noise, rsample
+from model.core.objectives import (
+    ElboTerms, ImportanceWeightedObjective, VariationalInference, elbo_terms_from_outputs, reduce_to,
+)
+from model.core.schedules import Progress, linear_warmup
+from model.kinds.base import Capabilities
+from model.nets.base import Network
+from model.nets.registry import NETWORKS
 
 
 class VariationalAutoencoder(nn.Module):
@@ -47,22 +36,25 @@ class VariationalAutoencoder(nn.Module):
         hidden: widths of the encoder's hidden layers; the decoder mirrors them. The course's
             network is (256, 128).
         activation: nonlinearity between layers (see `model.nets.mlp.ACTIVATIONS`).
+        network: the network family (`model.nets.registry`) the encoder and decoder come from;
+            its config is `hidden` and `activation`. Default: the MLP.
     """
 
     kind: ClassVar[str] = "gaussian"
-    operations: ClassVar[frozenset[str]] = frozenset(
-        {"encode", "decode", "sample", "reconstruct", "elbo", "iwae", "classify", "anomaly"}
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities(gaussian_latent=True)
 
     def __init__(self, input_shape: Sequence[int], latent_features: int,
-                 hidden: Sequence[int] = (256, 128), activation: str = "relu"):
+                 hidden: Sequence[int] = (256, 128), activation: str = "relu", network: Network | None = None,
+                 config: ModelConfig | None = None):
         super().__init__()
         self.input_shape = tuple(int(d) for d in input_shape)
         self.latent_features = int(latent_features)
         self.observation_features = math.prod(self.input_shape)
-        hidden = tuple(hidden)
-        self.encoder = mlp(self.observation_features, hidden, 2 * self.latent_features, activation)
-        self.decoder = mlp(self.latent_features, tuple(reversed(hidden)), self.observation_features, activation)
+        network = network or NETWORKS["mlp"]
+        config = config or ModelConfig(latent_features=self.latent_features, hidden=tuple(hidden),
+                                       activation=activation)
+        self.encoder = network.encoder(config, self.input_shape, 2 * self.latent_features)
+        self.decoder = network.decoder(config, self.latent_features, self.input_shape)
         # Parameters [mu, log_sigma] of the prior N(0, I), kept as a buffer so they follow .to(device).
         self.register_buffer("prior_params", torch.zeros(1, 2 * self.latent_features))
 
@@ -70,10 +62,7 @@ class VariationalAutoencoder(nn.Module):
 
     def posterior(self, x: Tensor) -> ReparameterizedDiagonalGaussian:
         """q(z|x) = N(mu(x), sigma(x)²), batch shape (B, latent)."""
-        h_x = self.encoder(x.reshape(x.shape[0], -1))
-        mu, log_sigma = h_x.chunk(2, dim=-1)
-        log_sigma = LOG_SIGMA_BOUND * torch.tanh(log_sigma / LOG_SIGMA_BOUND)
-        return ReparameterizedDiagonalGaussian(mu, log_sigma)
+        return diagonal_gaussian(self.encoder(x.reshape(x.shape[0], *self.input_shape)))
 
     def prior(self, batch_size: int = 1) -> ReparameterizedDiagonalGaussian:
         """p(z) = N(0, I), batch shape (batch_size, latent)."""
@@ -83,30 +72,22 @@ class VariationalAutoencoder(nn.Module):
 
     def observation_model(self, z: Tensor) -> Bernoulli:
         """p(x|z) = Bernoulli(logits = decoder(z)), batch shape (*z.shape[:-1], *input_shape)."""
-        px_logits = self.decoder(z).reshape(*z.shape[:-1], *self.input_shape)
-        # Grey levels in [0, 1] are soft targets, outside Bernoulli's support: skip validation.
-        return Bernoulli(logits=px_logits, validate_args=False)
+        return bernoulli(self.decoder(z))
 
     def forward(self, x: Tensor, noise: Noise | None = None) -> dict:
         """Encode, sample z ~ q(z|x) once, decode: `{"px", "pz", "qz", "z"}`."""
         qz = self.posterior(x)
         pz = self.prior(batch_size=x.shape[0])
-        z = self._rsample(qz, (), noise)
+        z = rsample(qz, (), noise)
         return {"px": self.observation_model(z), "pz": pz, "qz": qz, "z": z}
 
     def sample_from_prior(self, batch_size: int = 100, noise: Noise | None = None) -> dict:
         """Ancestral samples: z ~ p(z), then p(x|z): `{"px", "pz", "z"}`."""
         pz = self.prior(batch_size=batch_size)
-        z = self._rsample(pz, (), noise)
+        z = rsample(pz, (), noise)
         return {"px": self.observation_model(z), "pz": pz, "z": z}
 
-    # --- the service's face (shared by every model kind) --------------------------------------
-
-    def _rsample(self, dist: ReparameterizedDiagonalGaussian, sample_shape, noise: Noise | None) -> Tensor:
-        noise = noise or GLOBAL_NOISE
-        eps = noise.normal(sample_shape, dist.mu.shape[0], dist.mu.shape[1:],
-                           device=dist.mu.device, dtype=dist.mu.dtype)
-        return dist.rsample(sample_shape, eps=eps)
+    # --- every kind's face (model.kinds.base.LatentModel) --------------------------------------
 
     def log_weights(self, x: Tensor, num_samples: int, noise: Noise | None = None) -> Tensor:
         """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x): shape (K, B)."""
@@ -117,7 +98,7 @@ class VariationalAutoencoder(nn.Module):
         """(log p(x|z_k), log p(z_k), log q(z_k|x)) for z_k ~ q(z|x), each of shape (K, B)."""
         x = check_images(x, self.input_shape)
         qz = self.posterior(x)
-        z = self._rsample(qz, (num_samples,), noise)  # (K, B, D)
+        z = rsample(qz, (num_samples,), noise)  # (K, B, D)
         px = self.observation_model(z)  # batch shape (K, B, *input_shape)
         log_px = reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)  # (K, B)
         log_pz = reduce_to(self.prior(x.shape[0]).log_prob(z), 2)
@@ -138,7 +119,7 @@ class VariationalAutoencoder(nn.Module):
         qz = self.posterior(check_images(x, self.input_shape))
         out = {"mu": qz.mu, "sigma": qz.sigma}
         if num_samples > 0:
-            out["z"] = self._rsample(qz, (num_samples,), noise)
+            out["z"] = rsample(qz, (num_samples,), noise)
         return out
 
     def decode(self, z: Tensor) -> Tensor:
@@ -157,6 +138,29 @@ class VariationalAutoencoder(nn.Module):
         return self.decode(self.features(x))
 
     def describe(self) -> dict:
-        """The latent layout, for the service's model description."""
-        return {"type": "gaussian", "latent_features": self.latent_features,
-                "encode_outputs": ["mu", "sigma"]}
+        """The latent layout: its size and what `encode` returns (`type` is the kind, as GET /models shows it)."""
+        return {"type": self.kind, "latent_features": self.latent_features, "encode_outputs": ["mu", "sigma"]}
+
+
+class GaussianObjective:
+    """β-ELBO (with β warm-up) or the importance-weighted bound, as the config says."""
+
+    def __init__(self, config: OptimConfig):
+        self.beta = linear_warmup(config.beta, config.beta_warmup)
+        self.kl = config.kl
+        self.iwae = ImportanceWeightedObjective(config.k) if config.objective == "iwae" else None
+
+    def schedule(self, progress: Progress) -> dict[str, float]:
+        return {} if self.iwae is not None else {"beta": self.beta(progress)}
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: Progress):
+        if self.iwae is not None:
+            loss, diagnostics, _ = self.iwae(model, x)
+        else:
+            loss, diagnostics, _ = VariationalInference(self.beta(progress), self.kl)(model, x)
+        return loss, diagnostics
+
+
+def build(config: ModelConfig, network: Network, input_shape: Sequence[int], class_labels) -> nn.Module:
+    return VariationalAutoencoder(input_shape, config.latent_features, config.hidden, config.activation,
+                                  network, config)

@@ -17,17 +17,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, kl_divergence
 
-from model.kinds.categorical import gumbel_noise
-from model.data.loading import UNLABELLED, DataBundle, Split, eval_batches, labelled, training_batches
-from model.core.distributions import ReparameterizedDiagonalGaussian
-from model.nets.mlp import activation as make_activation
-from model.nets.mlp import mlp
-from model.core.noise import GLOBAL_NOISE, Noise
-from model.core.objectives import ElboTerms, reduce_to
+from model.config.train import ModelConfig, OptimConfig
+from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
+from model.core.gumbel import gumbel_noise
+from model.core.images import check_images
+from model.core.labels import UNLABELLED
+from model.core.likelihoods import bernoulli
+from model.core.noise import GLOBAL_NOISE, Noise, rsample
+from model.core.objectives import ElboTerms, check_kl_mode, kl_term, reduce_to
 from model.core.schedules import Progress
-from model.kinds.gaussian import LOG_SIGMA_BOUND, check_images
+from model.kinds.base import Capabilities
+from model.nets.base import Network
+from model.nets.registry import NETWORKS
 
-KL_MODES = ("sampled", "analytic")
+# Keys of runs written before q(z|x, y) came from the network family (model.nets.mlp.ConditionalMLP).
+_LEGACY_KEYS = {"encoder_x.": "encoder.x.", "encoder_y.": "encoder.c.", "encoder_head.": "encoder.head."}
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,16 @@ class SemiSupervisedVAE(nn.Module):
         latent_features: D, the Gaussian style units.
         classes: the class labels, e.g. range(10).
         hidden, activation: hidden widths of the encoders and classifier (the decoder mirrors them).
+        network, config: the network family and its config (default: the MLP of `hidden`, `activation`).
     """
 
     kind: ClassVar[str] = "m2"
-    operations: ClassVar[frozenset[str]] = frozenset(
-        {"encode", "decode", "sample", "reconstruct", "elbo", "iwae", "classify", "anomaly"}
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities(conditional=True, native_classifier=True,
+                                                        semi_supervised=True)
 
     def __init__(self, input_shape: Sequence[int], latent_features: int, classes: Sequence[int] = tuple(range(10)),
-                 hidden: Sequence[int] = (256, 128), activation: str = "relu"):
+                 hidden: Sequence[int] = (256, 128), activation: str = "relu", network: Network | None = None,
+                 config: ModelConfig | None = None):
         super().__init__()
         classes = [int(c) for c in classes]
         if len(classes) < 2 or len(set(classes)) != len(classes):
@@ -76,19 +81,17 @@ class SemiSupervisedVAE(nn.Module):
         self.latent_features = int(latent_features)
         self.num_classes = len(classes)
         self.observation_features = math.prod(self.input_shape)
-        hidden = tuple(hidden)
-        self.classifier = mlp(self.observation_features, hidden, self.num_classes, activation)
-        # q(z|x, y): the first layer of an MLP on [x, onehot(y)] is W_x x + W_y onehot(y); computing
-        # W_x x once per image and adding a column of W_y per class makes summing over classes cheap.
-        self.encoder_x = nn.Linear(self.observation_features, hidden[0])
-        self.encoder_y = nn.Linear(self.num_classes, hidden[0], bias=False)
-        self.encoder_head = nn.Sequential(make_activation(activation),
-                                          mlp(hidden[0], hidden[1:], 2 * self.latent_features, activation))
-        self.decoder = mlp(self.latent_features + self.num_classes, tuple(reversed(hidden)),
-                           self.observation_features, activation)
+        network = network or NETWORKS["mlp"]
+        config = config or ModelConfig(latent_features=self.latent_features, hidden=tuple(hidden),
+                                       activation=activation)
+        self.classifier = network.encoder(config, self.input_shape, self.num_classes)
+        self.encoder = network.conditional_encoder(config, self.input_shape, self.num_classes,
+                                                   2 * self.latent_features)
+        self.decoder = network.decoder(config, self.latent_features + self.num_classes, self.input_shape)
         self.register_buffer("class_labels", torch.tensor(classes, dtype=torch.long))
         self.register_buffer("prior_y_logits", torch.zeros(self.num_classes))
         self.register_buffer("prior_params", torch.zeros(1, 2 * self.latent_features))
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     # --- labels -------------------------------------------------------------------------------
 
@@ -108,7 +111,7 @@ class SemiSupervisedVAE(nn.Module):
 
     def qy(self, x: Tensor) -> Categorical:
         """q(y|x) over class indices, batch shape (B,)."""
-        return Categorical(logits=self.classifier(x.reshape(x.shape[0], -1)))
+        return Categorical(logits=self.classifier(x.reshape(x.shape[0], *self.input_shape)))
 
     def py(self) -> Categorical:
         """p(y) = Cat(1/C) over class indices."""
@@ -116,10 +119,7 @@ class SemiSupervisedVAE(nn.Module):
 
     def posterior(self, x: Tensor, y_one_hot: Tensor) -> ReparameterizedDiagonalGaussian:
         """q(z|x, y) for x (B, ...) and classes one-hot (..., B, C): batch shape (..., B, D)."""
-        h = self.encoder_x(x.reshape(x.shape[0], -1)) + self.encoder_y(y_one_hot)  # (..., B, H)
-        mu, log_sigma = self.encoder_head(h).chunk(2, dim=-1)
-        log_sigma = LOG_SIGMA_BOUND * torch.tanh(log_sigma / LOG_SIGMA_BOUND)
-        return ReparameterizedDiagonalGaussian(mu, log_sigma)
+        return diagonal_gaussian(self.encoder(x.reshape(x.shape[0], *self.input_shape), y_one_hot))
 
     def prior(self, shape: Sequence[int]) -> ReparameterizedDiagonalGaussian:
         """p(z) = N(0, I), batch shape (*shape, D)."""
@@ -128,16 +128,7 @@ class SemiSupervisedVAE(nn.Module):
 
     def observation_model(self, z: Tensor, y_one_hot: Tensor) -> Bernoulli:
         """p(x|y, z) for z (..., D) and y one-hot (..., C): batch shape (..., *input_shape)."""
-        px_logits = self.decoder(torch.cat([z, y_one_hot], -1)).reshape(*z.shape[:-1], *self.input_shape)
-        # Grey levels in [0, 1] are soft targets, outside Bernoulli's support: skip validation.
-        return Bernoulli(logits=px_logits, validate_args=False)
-
-    @staticmethod
-    def _rsample(q: ReparameterizedDiagonalGaussian, noise: Noise) -> Tensor:
-        """One sample per batch entry of q (batch (*S, B, D)), noise rows on axis −2 (the images)."""
-        *sample_shape, batch, features = q.mu.shape
-        eps = noise.normal(tuple(sample_shape), batch, (features,), device=q.mu.device, dtype=q.mu.dtype)
-        return q.rsample(eps=eps)
+        return bernoulli(self.decoder(torch.cat([z, y_one_hot], -1)))
 
     def _sample_index(self, logits: Tensor, sample_shape: Sequence[int], noise: Noise) -> Tensor:
         """Class indices (*sample_shape, B) from Categorical(logits (B, C)), by the Gumbel-max trick."""
@@ -151,27 +142,23 @@ class SemiSupervisedVAE(nn.Module):
         index = torch.arange(self.num_classes, device=x.device).unsqueeze(1).expand(-1, x.shape[0])  # (C, B)
         y_one_hot = self._one_hot(index)
         qz = self.posterior(x, y_one_hot)
-        z = self._rsample(qz, noise)
+        z = rsample(qz, (), noise)
         return {"qy": self.qy(x), "py": self.py(), "qz": qz, "pz": self.prior(z.shape[:-1]), "z": z,
                 "px": self.observation_model(z, y_one_hot)}
 
     def labelled_terms(self, x: Tensor, index: Tensor, kl: str = "sampled",
                        noise: Noise | None = None) -> LabelledTerms:
         """L(x, y) terms for class indices `index` of shape (..., B) (e.g. (C, B): every class), one z each."""
-        if kl not in KL_MODES:
-            raise ValueError(f"unknown KL mode {kl!r}; expected one of {list(KL_MODES)}")
+        check_kl_mode(kl)
         noise = noise or GLOBAL_NOISE
         y_one_hot = self._one_hot(index)  # (..., B, C)
         qz = self.posterior(x, y_one_hot)
-        z = self._rsample(qz, noise)  # (..., B, D)
+        z = rsample(qz, (), noise)  # (..., B, D)
         pz = self.prior(z.shape[:-1])
         px = self.observation_model(z, y_one_hot)
         n = index.dim()
         log_px = reduce_to(px.log_prob(x.expand(*index.shape[:-1], *x.shape)), n)
-        if kl == "analytic":
-            kl_z = reduce_to(kl_divergence(qz, pz), n)
-        else:
-            kl_z = reduce_to(qz.log_prob(z) - pz.log_prob(z), n)
+        kl_z = kl_term(qz, pz, z, kl, n)
         return LabelledTerms(log_px=log_px, log_py=self.py().log_prob(index), kl=kl_z)
 
     def unlabelled_terms(self, x: Tensor, kl: str = "sampled", noise: Noise | None = None,
@@ -204,7 +191,7 @@ class SemiSupervisedVAE(nn.Module):
         index = self._sample_index(qy.logits, (num_samples,), noise)  # (K, B)
         y_one_hot = self._one_hot(index)
         qz = self.posterior(x, y_one_hot)  # batch (K, B, D)
-        z = self._rsample(qz, noise)
+        z = rsample(qz, (), noise)
         px = self.observation_model(z, y_one_hot)
         log_px = reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)
         log_pz = reduce_to(self.prior(z.shape[:-1]).log_prob(z), 2)
@@ -233,10 +220,7 @@ class SemiSupervisedVAE(nn.Module):
         qy, index, qz = self._encode(x)
         out = {"probs": qy.probs, "y": self.class_labels[index], "mu": qz.mu, "sigma": qz.sigma}
         if num_samples > 0:
-            noise = noise or GLOBAL_NOISE
-            eps = noise.normal((num_samples,), qz.mu.shape[0], qz.mu.shape[1:], device=qz.mu.device,
-                               dtype=qz.mu.dtype)
-            out["z"] = qz.rsample(eps=eps)
+            out["z"] = rsample(qz, (num_samples,), noise)
         return out
 
     def decode(self, z: Tensor, y: Tensor | int | None = None) -> Tensor:
@@ -262,7 +246,7 @@ class SemiSupervisedVAE(nn.Module):
             index = index.expand(n) if index.dim() == 0 else index
             if index.shape != (n,):
                 raise ValueError(f"expected one label or {n} labels, got shape {tuple(index.shape)}")
-        z = self._rsample(self.prior((n,)), noise)
+        z = rsample(self.prior((n,)), (), noise)
         return {"z": z, "y": self.class_labels[index], "probs": self.observation_model(z, self._one_hot(index)).probs}
 
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -281,7 +265,7 @@ class M2Objective:
     """Kingma et al. (2014), eq. 9, per batch: labelled images give −L(x, y) + α·(−log q(y|x)),
     unlabelled ones (label `model.data.loading.UNLABELLED`) give −U(x); the loss is the batch mean."""
 
-    def __init__(self, config):
+    def __init__(self, config: OptimConfig):
         if config.objective != "elbo":
             raise ValueError(f"objective: --kind m2 trains with 'elbo' (eq. 9), got {config.objective!r}")
         self.alpha = config.alpha
@@ -325,35 +309,27 @@ def m2_loss(model: SemiSupervisedVAE, x: Tensor, y: Tensor, alpha: float, kl: st
     return loss, diagnostics
 
 
-def m2_batches(split: Split, batch_size: int, binarize: str = "none"):
-    """Batches of unlabelled images, each joined by as many labelled ones drawn from the few labels.
-
-    With 100 labels among 50,000 images a random batch of 64 holds a labelled image one time in
-    eight, and the classification term of eq. 9 hardly acts. As in Kingma et al.'s and pyro's
-    implementations, every step sees a labelled minibatch too; an epoch is one pass over the
-    unlabelled images. Without hidden labels this is `training_batches`.
-    """
-    known = split.y != UNLABELLED
-    if known.all() or not known.any():
-        yield from training_batches(split, batch_size, binarize)
-        return
-    with_labels, without = Split(split.x[known], split.y[known]), Split(split.x[~known], split.y[~known])
-    n_labelled = min(batch_size, len(with_labels))
-    for x, y in training_batches(without, batch_size, binarize):
-        pick = torch.randint(len(with_labels), (n_labelled,), device=split.x.device)
-        x_l = with_labels.x[pick]
-        if binarize == "dynamic":
-            x_l = torch.bernoulli(x_l)
-        yield torch.cat([x_l, x]), torch.cat([with_labels.y[pick], y])
-
-
 @torch.no_grad()
-def evaluate_m2(model: SemiSupervisedVAE, data: DataBundle, batch_size: int = 1000) -> dict:
+def evaluate_m2(model: SemiSupervisedVAE, test_x: Tensor, test_y: Tensor, train_y: Tensor,
+                batch_size: int = 1000) -> dict:
     """M2's own test classification error, from q(y|x), and how many training labels it had."""
-    device = next(model.parameters()).device
+    device = model.class_labels.device
     wrong = 0
-    for x, y in eval_batches(data.test, batch_size):
-        predicted = model.class_labels[model.classify(x.to(device)).argmax(-1)]
-        wrong += int((predicted != y.to(device)).sum())
-    return {"classifier": "q(y|x)", "test_error": wrong / len(data.test), "test_images": len(data.test),
-            "training_labels": len(labelled(data.train)), "training_images": len(data.train)}
+    for start in range(0, len(test_x), batch_size):
+        x, y = test_x[start:start + batch_size].to(device), test_y[start:start + batch_size].to(device)
+        wrong += int((model.class_labels[model.classify(x).argmax(-1)] != y).sum())
+    return {"classifier": "q(y|x)", "test_error": wrong / len(test_x), "test_images": len(test_x),
+            "training_labels": int((train_y != UNLABELLED).sum()), "training_images": len(train_y)}
+
+
+def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+    """Load runs written before the conditional encoder was a network of its own."""
+    for key in list(state_dict):
+        for old, new in _LEGACY_KEYS.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+
+
+def build(config: ModelConfig, network: Network, input_shape: Sequence[int], class_labels) -> nn.Module:
+    return SemiSupervisedVAE(input_shape, config.latent_features, class_labels, config.hidden, config.activation,
+                             network, config)

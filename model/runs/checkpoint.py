@@ -2,7 +2,8 @@
 
 A run directory holds:
 
-    config.json            the TrainConfig (every setting of the run)
+    config.json            the TrainConfig (every setting of the run, the input shape and class labels it was
+                           trained on; a run without them is one of 1×28×28 images of the ten digits)
     model.safetensors      the weights
     training_state.pt      model, optimizer and RNG state for --resume (tensors only: weights_only=True)
     metrics.jsonl          one line per completed epoch
@@ -28,7 +29,7 @@ from torch import nn
 
 from model.io.atomic import atomic_write, sha256, write_json
 from model.anomaly.calibration import AnomalyCalibration
-from model.evaluation.classifier import LinearSoftmaxClassifier
+from model.nets.classifier import LinearSoftmaxClassifier
 from model.config.train import TrainConfig
 from model.kinds.registry import build_model
 
@@ -91,14 +92,12 @@ def save_companions(run_dir: Path, companions: dict[str, nn.Module]) -> None:
 
 def load_companions(run_dir: Path, config: TrainConfig, device: str | torch.device = "cpu") -> dict[str, nn.Module]:
     """The companion models a run directory holds, each built from the run's config, in eval mode."""
-    from model.data.loading import INPUT_SHAPE
-
     run_dir = Path(run_dir)
     companions = {}
     for name, filename in COMPANIONS.items():
         if not (run_dir / filename).exists():
             continue
-        module = build_model(config, INPUT_SHAPE)
+        module = build_model(config)
         try:
             module.load_state_dict(_read_tensors(run_dir / filename))
         except RuntimeError as error:
@@ -111,7 +110,7 @@ def write_manifest(run_dir: Path, config: TrainConfig, extra: dict | None = None
     """Write checkpoint.json last: the run is complete from this moment on."""
     run_dir = Path(run_dir)
     files = {name: sha256(run_dir / name) for name in ARTEFACTS if (run_dir / name).exists()}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": config.kind,
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": config.model.kind,
                 "files": files, **(extra or {})}
     write_json(run_dir / MANIFEST, manifest)
     return manifest
@@ -165,9 +164,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         config = TrainConfig.from_dict(_read_json(run_dir / CONFIG))
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{run_dir / CONFIG}: not a valid training config ({error})") from error
-    from model.data.loading import INPUT_SHAPE
-
-    model = build_model(config, INPUT_SHAPE)
+    model = build_model(config)
     state = _read_tensors(run_dir / WEIGHTS)
     try:
         model.load_state_dict(state)

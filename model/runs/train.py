@@ -1,4 +1,10 @@
-"""The training loop: a TrainConfig in, a complete run directory out (see model.runs.checkpoint)."""
+"""`train(config, out_dir)`: a TrainConfig in, a complete run directory out (see model.runs.checkpoint).
+
+Each epoch runs the training loop (model.training.loop), appends to metrics.jsonl and saves the
+weights and optimizer state atomically, so an interrupted run continues with `resume=True` from
+its last completed epoch. After the last epoch `model.runs.finish` evaluates the model and writes
+the manifest.
+"""
 
 from __future__ import annotations
 
@@ -9,67 +15,70 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from model.runs import checkpoint as ckpt
-from model.io.atomic import append_jsonl, read_jsonl, write_bytes, write_json
 from model.config.train import TrainConfig
-from model.data.loading import DataBundle, load_data, training_batches
-from model.evaluation.evaluate import evaluate, split_elbo
-from model.kinds.registry import build_model, build_objective, get_kind
+from model.core.device import resolve_device
+from model.core.labels import UNLABELLED
 from model.core.schedules import Progress
+from model.data.base import DataBundle
+from model.data.loading import load_data
+from model.evaluation.evaluate import split_elbo
+from model.io.atomic import append_jsonl, read_jsonl, write_bytes, write_json
+from model.kinds.registry import build_model, build_objective
+from model.runs import checkpoint as ckpt
+from model.runs.errors import TrainingError
+from model.runs.finish import finish
+from model.training.loop import NonFiniteLoss, epoch_batches, fit_epoch
+
+RECORDED = ("input_shape", "class_labels")  # written by `train` from the data, not chosen
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to try."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for, but torch finds no CUDA device")
-    return torch.device(name)
-
-
-def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig:
-    """Check the run directory against the request; returns the config to train with."""
+def _check_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig | None:
+    """Check the run directory against the request; returns the saved config when resuming."""
     has_run = (out / ckpt.CONFIG).exists()
     if resume:
         if not has_run:
             raise TrainingError(f"--resume: {out} holds no run to resume ({ckpt.CONFIG} is missing)")
         saved = TrainConfig.load(out / ckpt.CONFIG)
         # Only the epoch budget may change on resume; anything else would be another experiment.
-        differing = {k for k, v in config.to_dict().items() if k != "epochs" and saved.to_dict()[k] != v}
+        # The recorded fields count only where the request names them.
+        given, kept = config.to_dict(), saved.to_dict()
+        differing = {k for k, v in given.items()
+                     if k != "epochs" and kept[k] != v and not (k in RECORDED and v is None)}
         if differing:
             raise TrainingError(
                 f"--resume: the settings {sorted(differing)} differ from the run in {out}; "
                 "only --epochs may change when resuming"
             )
-        resumed = saved.replace(epochs=config.epochs)
-        if resumed != saved:  # a new epoch budget is part of the run from now on
-            write_json(out / ckpt.CONFIG, resumed.to_dict())
-        return resumed
+        return saved.replace(epochs=config.optim.epochs)
     if has_run and not overwrite:
         raise TrainingError(
             f"{out} already holds a run; pass --resume to continue it, --overwrite to start afresh, "
             "or choose another --out (curves must never silently continue an old run)"
         )
-    if has_run:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / ckpt.CONFIG, config.to_dict())
-    return config
+    return None
+
+
+def _record_data(config: TrainConfig, data: DataBundle) -> TrainConfig:
+    """The config with the data's image shape and class labels recorded (checked if already there)."""
+    shape = tuple(int(d) for d in data.train.x.shape[1:])
+    labels = torch.cat([data.train.y, data.validation.y, data.test.y]).unique().tolist()
+    labels = tuple(int(c) for c in labels if c != UNLABELLED)
+    for name, value in (("input_shape", shape), ("class_labels", labels)):
+        recorded = getattr(config.data, name)
+        if recorded is not None and tuple(recorded) != value:
+            raise TrainingError(f"{name}: the run records {list(recorded)}, but the data has {list(value)}")
+    return config.replace(input_shape=shape, class_labels=labels)
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool = True, data: DataBundle | None = None) -> Path:
     """Train a model as `config` says and write a complete run directory to `out_dir`.
 
-    Each epoch appends to metrics.jsonl and saves weights and optimizer state atomically, so an
-    interrupted run continues with `resume=True` from the last completed epoch. After the last
-    epoch the model is evaluated and the manifest is written. A run that fails before its first
-    epoch is saved leaves nothing behind (a retry starts afresh); one that fails later keeps its
-    last epoch, and the error carries a note saying how to resume it.
+    A run that fails before its first epoch is saved leaves nothing behind (a retry starts
+    afresh); one that fails later keeps its last epoch, and the error carries a note saying how to
+    resume it.
 
     Args:
         data: pre-loaded splits (tests and sweeps share them); loaded from `config` if omitted.
@@ -78,9 +87,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
     """
     out = Path(out_dir)
     created = not out.exists()
-    config = _prepare_run_dir(out, config, resume, overwrite)
+    saved = _check_run_dir(out, config, resume, overwrite)
     try:
-        return _train(config, out, resume=resume, progress=progress, data=data)
+        return _train(saved or config, out, resume=resume, overwrite=overwrite, progress=progress, data=data)
     except BaseException as error:
         if (out / ckpt.TRAINING_STATE).exists():
             error.add_note(f"the run in {out} keeps its last completed epoch; continue it with "
@@ -99,13 +108,22 @@ def _discard(out: Path, created: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _train(config: TrainConfig, out: Path, *, resume: bool, progress: bool, data: DataBundle | None) -> Path:
-    device = resolve_device(config.device)
+def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
+           data: DataBundle | None) -> Path:
+    try:
+        device = resolve_device(config.device)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     torch.manual_seed(config.seed)
     data = (data or load_data(config)).to(device)
-    model = build_model(config, data.train.x.shape[1:]).to(device)
+    config = _record_data(config, data)
+    if not resume and (out / ckpt.CONFIG).exists():  # --overwrite, checked in _check_run_dir
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / ckpt.CONFIG, config.to_dict())
+    model = build_model(config).to(device)
     objective = build_objective(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
     start_epoch, step = 0, 0
     if resume and (out / ckpt.TRAINING_STATE).exists():
         state = ckpt.load_training_state(out)
@@ -118,84 +136,48 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, progress: bool, data
     # Lines past the last saved epoch belong to an epoch whose weights were never saved.
     history = read_jsonl(out / ckpt.METRICS)[:start_epoch]
     write_bytes(out / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
-    if start_epoch < config.epochs:
+    if start_epoch < config.optim.epochs:
         (out / ckpt.MANIFEST).unlink(missing_ok=True)  # extending a finished run: no longer complete
 
-    bar = _progress_bar(progress, start_epoch, config.epochs)
-    batches_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    draw_batches = get_kind(config.kind).batches or training_batches
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        started = time.perf_counter()
-        sums: dict[str, float] = {}
-        seen = 0
-        for i, (x, y) in enumerate(draw_batches(data.train, config.batch_size, data.binarize)):
-            position = Progress(epoch=epoch + i / batches_per_epoch, step=step)
-            loss, diagnostics = objective(model, x, y, position)
-            if not torch.isfinite(loss):
+    batches_per_epoch = math.ceil(len(data.train) / config.optim.batch_size)
+    with tqdm(total=config.optim.epochs, initial=start_epoch, desc="epochs", unit="epoch", dynamic_ncols=True,
+              disable=not progress) as bar:
+        for epoch in range(start_epoch, config.optim.epochs):
+            started = time.perf_counter()
+            try:
+                step, sums, seen = fit_epoch(model, objective, optimizer,
+                                             epoch_batches(config, data.train, data.binarize), epoch=epoch,
+                                             step=step, batches_per_epoch=batches_per_epoch,
+                                             grad_clip=config.optim.grad_clip)
+            except NonFiniteLoss as error:
                 raise TrainingError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last completed "
-                    f"epoch ({epoch}) is saved. Try a lower --lr, --grad-clip 100, --kl analytic or --beta-warmup"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            step += 1
-            seen += x.shape[0]
-            for key, value in diagnostics.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().sum().item()
-        seconds = time.perf_counter() - started
-        model.eval()
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train": {k: v / seen for k, v in sums.items()},
-            "validation": split_elbo(model, data.validation, config.kl),
-            **objective.schedule(Progress(epoch=epoch + 1, step=step)),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(seen / seconds, 1),
-        }
-        # The metrics line first, then the training state (model, optimizer, RNG and epoch in one
-        # atomic file), then the weights file. Resume trusts only training_state.pt: a crash after
-        # the metrics line leaves an extra line that resume trims, never a missing one.
-        append_jsonl(out / ckpt.METRICS, record)
-        ckpt.save_training_state(out, model, optimizer, epoch + 1, step)
-        ckpt.save_weights(out, model)
-        if bar is not None:
+                    f"{error}; the last completed epoch ({epoch}) is saved. Try a lower --lr, --grad-clip 100, "
+                    "--kl analytic or --beta-warmup") from None
+            seconds = time.perf_counter() - started
+            model.eval()
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train": {k: v / seen for k, v in sums.items()},
+                "validation": split_elbo(model, data.validation, config.optim.kl),
+                **objective.schedule(Progress(epoch=epoch + 1, step=step)),
+                "seconds": round(seconds, 3),
+                "images_per_second": round(seen / seconds, 1),
+            }
+            # The metrics line first, then the training state (model, optimizer, RNG and epoch in one
+            # atomic file), then the weights file. Resume trusts only training_state.pt: a crash after
+            # the metrics line leaves an extra line that resume trims, never a missing one.
+            append_jsonl(out / ckpt.METRICS, record)
+            ckpt.save_training_state(out, model, optimizer, epoch + 1, step)
+            ckpt.save_weights(out, model)
             bar.set_postfix(loss=f"{-record['train']['elbo']:.2f}", val_elbo=f"{record['validation']['elbo']:.2f}",
                             img_s=f"{record['images_per_second']:.0f}")
             bar.update(1)
-    if bar is not None:
-        bar.close()
 
     if not ckpt.is_complete(out):
         ckpt.save_weights(out, model)  # the weights file may predate a crash after the last state save
         finish(model, config, data, out, progress=progress)
     return out
-
-
-def finish(model, config: TrainConfig, data: DataBundle, out: Path, k: int | None = None,
-           progress: bool = False) -> dict:
-    """Fit the anomaly scores' companions, evaluate, store the classifier and calibration, then write
-    the manifest (the run is complete). Companions already in `out` (`vae evaluate`) are reused."""
-    from model.anomaly.likelihood import fit_companions
-
-    # Files listed in the manifest are about to change: until the new manifest is written the run
-    # is incomplete, never "complete" with stale hashes.
-    (out / ckpt.MANIFEST).unlink(missing_ok=True)
-    companions = ckpt.load_companions(out, config, data.train.x.device) or fit_companions(config, data.train.x)
-    ckpt.save_companions(out, companions)
-    evaluation, classifier, calibration = evaluate(
-        model, data, k=k or config.eval_k, calibration_k=config.calibration_k, kl=config.kl, seed=config.seed,
-        companions=companions, dataset=config.dataset, progress=progress)
-    if classifier is not None:
-        ckpt.save_tensors(out / ckpt.CLASSIFIER, classifier.state_tensors())
-    write_json(out / ckpt.CALIBRATION, calibration.to_dict())
-    write_json(out / ckpt.EVALUATION, evaluation)
-    ckpt.write_manifest(out, config, {"epochs_completed": config.epochs})
-    return evaluation
 
 
 def summary(run_dir: str | Path) -> str:
@@ -215,11 +197,3 @@ def summary(run_dir: str | Path) -> str:
     lines.append(f"  anomaly score      {calibration['score']} (flags above {calibration['threshold']:.4g}, "
                  f"{100 * calibration['false_positive_rate']:g} % of normal images)")
     return "\n".join(lines)
-
-
-def _progress_bar(enabled: bool, start: int, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="epochs", unit="epoch", dynamic_ncols=True)

@@ -6,7 +6,6 @@ behave the same whichever protocol a client speaks.
 
 from __future__ import annotations
 
-import inspect
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -66,8 +65,7 @@ class Inference:
         """Class labels y for conditional kinds' decode and sample, one per row."""
         if labels is None:
             return None
-        method = getattr(entry.checkpoint.model, operation, None)
-        if operation not in ("decode", "sample") or "y" not in inspect.signature(method).parameters:
+        if operation not in ("decode", "sample") or not entry.checkpoint.model.capabilities.conditional:
             raise UnsupportedError(f"y: model {entry.name!r} (kind {entry.kind!r}) takes no class label "
                                    f"for {operation!r}")
         try:
@@ -131,7 +129,7 @@ class Inference:
             # A latent the model itself produced is valid whatever its layout (e.g. one-hot blocks).
             (prior,) = run_batch(entry.checkpoint, "sample", [self.call(entry, "sample", n=1, seed=0)])
             inputs = prior["z"]
-            if "y" in prior and "y" in inspect.signature(entry.checkpoint.model.decode).parameters:
+            if "y" in prior and entry.checkpoint.model.capabilities.conditional:
                 labels = prior["y"]
         params = {"encode": {"num_samples": 1}, "iwae": {"k": 2}}.get(operation, {})
         call = self.call(entry, operation, inputs=inputs, n=1, seed=0, labels=labels, **params)

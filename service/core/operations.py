@@ -9,7 +9,6 @@ the split, in `finish`, so requests with different values of those still share a
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from model.runs.checkpoint import Checkpoint
 from model.core.noise import RowwiseNoise
-from model.core.objectives import iwae_bound
+from model.core.objectives import bits_per_dim, iwae_bound
 from model.anomaly.registry import SCORES
 from service.core.errors import BadInputError
 
@@ -63,16 +62,11 @@ def _flat(probs: Tensor) -> Tensor:
     return probs.reshape(probs.shape[0], -1)
 
 
-def _accepts(method, parameter: str) -> bool:
-    return parameter in inspect.signature(method).parameters
-
-
-def _class_kwargs(method, labels: Tensor | None) -> dict:
+def _class_kwargs(ck: Checkpoint, labels: Tensor | None) -> dict:
     if labels is None:
         return {}
-    if not _accepts(method, "y"):
-        # Checked before batching (see `Inference.check_labels`); reaching here is a bug.
-        raise AssertionError(f"{method.__qualname__} takes no class label y")
+    # Refused before batching for kinds that are not conditional (`Inference.labels`); reaching here is a bug.
+    assert ck.model.capabilities.conditional, f"kind {ck.model.kind!r} takes no class label y"
     return {"y": labels}
 
 
@@ -84,11 +78,11 @@ def _encode(ck: Checkpoint, x, labels, noise, *, num_samples: int = 0):
 
 
 def _decode(ck: Checkpoint, z, labels, noise):
-    return {"probs": _flat(ck.model.decode(z, **_class_kwargs(ck.model.decode, labels)))}
+    return {"probs": _flat(ck.model.decode(z, **_class_kwargs(ck, labels)))}
 
 
 def _sample(ck: Checkpoint, n: int, labels, noise):
-    out = ck.model.sample(n, noise=noise, **_class_kwargs(ck.model.sample, labels))
+    out = ck.model.sample(n, noise=noise, **_class_kwargs(ck, labels))
     return {**out, "probs": _flat(out["probs"])}  # z, probs, and e.g. M2's labels y
 
 
@@ -97,7 +91,7 @@ def _reconstruct(ck: Checkpoint, x, labels, noise):
 
 
 def _elbo(ck: Checkpoint, x, labels, noise):
-    terms = ck.model.elbo_terms(x, kl=ck.config.kl, noise=noise)
+    terms = ck.model.elbo_terms(x, kl=ck.config.optim.kl, noise=noise)
     return {"log_px": terms.log_px, "kl": terms.kl}
 
 
@@ -110,13 +104,12 @@ def _iwae(ck: Checkpoint, x, labels, noise, *, k: int, chunk_size: int):
 
 
 def _finish_iwae(ck: Checkpoint, outputs: Outputs) -> Outputs:
-    n_pixels = math.prod(ck.model.input_shape)
-    return {**outputs, "bits_per_dim": -outputs["log_px"] / (n_pixels * math.log(2))}
+    return {**outputs, "bits_per_dim": bits_per_dim(outputs["log_px"], math.prod(ck.model.input_shape))}
 
 
 def classes_of(ck: Checkpoint) -> list[int] | None:
     """The labels of the classifier's output columns, where the checkpoint says them."""
-    if hasattr(ck.model, "classify"):
+    if ck.model.capabilities.native_classifier:
         described = ck.model.describe().get("classes")
         return None if described is None else [int(c) for c in described]
     if ck.classifier is None:
@@ -125,7 +118,7 @@ def classes_of(ck: Checkpoint) -> list[int] | None:
 
 
 def _classify(ck: Checkpoint, x, labels, noise):
-    if hasattr(ck.model, "classify"):  # kinds with a native classifier, like M2's q(y|x)
+    if ck.model.capabilities.native_classifier:  # like M2's q(y|x)
         probs = ck.model.classify(x)
     else:  # exercise 2.4's logistic regression on the posterior means
         probs = ck.classifier(ck.model.features(x))

@@ -8,16 +8,17 @@ outputs for the OIP metadata.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from model.core.device import resolve_device
+from model.kinds.registry import KINDS
 from model.runs.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model.anomaly.registry import SCORES, available_scores
 from service.core.errors import ModelNotFoundError, NotReadyError, UnsupportedError
@@ -73,39 +74,16 @@ class ModelEntry:
         return sorted(s for s in calibration.scores if s in SCORES and s in usable)
 
 
-@functools.cache
-def _kind_operations() -> dict[str, frozenset[str]]:
-    """The operations each known model kind offers (from a throwaway tiny instance of each)."""
-    from model.config.train import TrainConfig
-    from model.data.loading import INPUT_SHAPE
-    from model.kinds.registry import KINDS, build_model
-
-    out = {}
-    for name in KINDS:
-        try:
-            model = build_model(TrainConfig(kind=name, hidden=(2,), latent_features=2), INPUT_SHAPE)
-        except (ValueError, TypeError) as error:
-            log.warning("cannot tell which operations kind %r offers: %s", name, error)
-            continue
-        out[name] = frozenset(model.operations)
-    return out
-
-
-def kinds_supporting(operation: str, loaded: Sequence[ModelEntry] = ()) -> list[str]:
-    """Model kinds that offer `operation`: every kind the library knows, and those of loaded models."""
-    kinds = dict(_kind_operations())
-    for entry in loaded:
-        if entry.checkpoint is not None:
-            kinds.setdefault(entry.kind, frozenset(entry.checkpoint.model.operations))
-    return sorted(k for k, ops in kinds.items() if operation in ops)
+def kinds_supporting(operation: str) -> list[str]:
+    """Model kinds that can offer `operation`: every kind offers every operation (model.kinds.base.LatentModel);
+    classify and anomaly also need their artefacts, which `unavailable_reason` names."""
+    return sorted(KINDS) if operation in OPERATIONS else []
 
 
 def unavailable_reason(entry: ModelEntry, operation: str) -> str | None:
     """Why `entry` cannot run `operation`, or None if it can."""
     ck = entry.checkpoint
-    if operation not in ck.model.operations:
-        return f"model {entry.name!r} is of kind {entry.kind!r}, which does not support {operation!r}"
-    if operation == "classify" and not hasattr(ck.model, "classify") and ck.classifier is None:
+    if operation == "classify" and not ck.model.capabilities.native_classifier and ck.classifier is None:
         return (f"model {entry.name!r} has no latent classifier (classifier.safetensors is absent: its "
                 f"training data held fewer than two classes), so it cannot classify")
     if operation == "anomaly" and not entry.anomaly_scores():
@@ -136,12 +114,6 @@ class Registry:
         self.problem: str | None = None  # a reason no model can be ready, e.g. a missing directory
         self.loaded = False
 
-    def _device(self) -> torch.device:
-        name = self.settings.device
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.device(name)
-
     def load_all(self, warm_up: Callable[[ModelEntry, str], dict[str, np.ndarray]]) -> None:
         """Load and warm up every run directory (blocking; call it in a worker thread).
 
@@ -168,7 +140,7 @@ class Registry:
         entry = ModelEntry(path.name, path)
         started = time.perf_counter()
         try:
-            entry.checkpoint = load_checkpoint(path, self._device())
+            entry.checkpoint = load_checkpoint(path, resolve_device(self.settings.device))
         except LOAD_ERRORS as error:
             entry.error = str(error) if isinstance(error, CheckpointError) else f"{path}: {type(error).__name__}: {error}"
             log.error("model %s cannot be served: %s", path.name, entry.error)
@@ -204,8 +176,9 @@ class Registry:
             reason = entry.error or "still loading"
             raise NotReadyError(f"model {name!r} is not ready: {reason}")
         if operation is not None and operation not in entry.operations:
-            reason = unavailable_reason(entry, operation)
-            kinds = kinds_supporting(operation, list(self.models.values()))
+            reason = unavailable_reason(entry, operation) or (
+                f"model {name!r} is of kind {entry.kind!r}, which does not support {operation!r}")
+            kinds = kinds_supporting(operation)
             raise UnsupportedError(f"{reason}; kinds that support {operation!r}: {', '.join(kinds) or 'none'}")
         return entry
 

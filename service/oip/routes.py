@@ -10,7 +10,6 @@ little-endian bytes after the JSON header (`Inference-Header-Content-Length`).
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from importlib.metadata import PackageNotFoundError, version
@@ -95,7 +94,7 @@ def _input_specs(entry: ModelEntry, operation: str) -> list[dict]:
         specs = [{"name": "z", "datatype": "FP32", "shape": [-1, entry.latent_features or -1]}]
     else:
         specs = [{"name": "n", "datatype": "INT64", "shape": [1]}]
-    if "y" in inspect.signature(getattr(entry.checkpoint.model, operation)).parameters:
+    if entry.checkpoint.model.capabilities.conditional:
         specs.append({"name": "y", "datatype": "INT64", "shape": [-1]})  # class labels of conditional kinds
     return specs
 

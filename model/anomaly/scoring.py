@@ -1,0 +1,88 @@
+"""Many anomaly scores of a whole split, in batches, with −L_K(x) computed once for all that build on
+it; and the calibration of every available score on held-out normal images."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from model.anomaly.base import require
+from model.anomaly.calibration import AnomalyCalibration, ScoreCalibration
+from model.anomaly.registry import NLL_SCORES, SCORES, available_scores, default_score
+from model.data.base import Split
+from model.core.device import device_of
+from model.core.noise import Noise
+from model.core.objectives import iwae_bound
+
+
+@torch.no_grad()
+def score_split(model: nn.Module, x: Tensor, names, *, k: int, noise: Noise | None = None,
+                companions: Mapping[str, nn.Module] | None = None, batch_size: int = 200,
+                params: Mapping[str, dict] | None = None,
+                progress: Callable[[int], object] | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Several scores of the images x (N, ...), in batches, with −L_K(x) computed once for all.
+
+    The scores built on −L_K (those with a `correction`, and `iwae` itself) add their correction to
+    one shared −L_K, so they see the same importance samples and cost one bound between them; the
+    other scores call their function with `params[name]` as extra keywords.
+
+    Args:
+        progress: called with the number of images after each batch of each pass (a bar's `update`).
+    Returns:
+        ({name: (N,) CPU tensor}, {name: seconds}); a score built on −L_K counts its seconds too.
+    """
+    unknown = sorted(set(names) - set(SCORES))
+    if unknown:
+        raise ValueError(f"unknown anomaly scores {unknown}; expected some of {sorted(SCORES)}")
+    for name in names:  # a missing companion fails now, not after the other scores' passes
+        for need in SCORES[name].needs:
+            require(companions, need, name)
+    device = device_of(model)
+    params = params or {}
+    values: dict[str, Tensor] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(name, fn):
+        started = time.perf_counter()
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            out.append(fn(x[i:i + batch_size].to(device)).cpu())
+            if progress is not None:
+                progress(out[-1].shape[0])
+        values[name] = torch.cat(out)
+        seconds[name] = time.perf_counter() - started
+
+    shared = [name for name in names if name in NLL_SCORES]
+    for name in names:
+        if name not in shared:
+            timed(name, lambda xb, score=SCORES[name]: score(model, xb, k=k, noise=noise, companions=companions,
+                                                             **params.get(name, {})))
+    if shared:
+        timed("iwae", lambda xb: -iwae_bound(model, xb, k, noise=noise))
+    for name in shared:
+        if name != "iwae":
+            timed(name, lambda xb, fix=SCORES[name].correction: fix(model, xb, k=k, noise=noise, companions=companions))
+            values[name] = values["iwae"] + values[name]
+            seconds[name] += seconds["iwae"]
+    return {name: values[name] for name in names}, {name: round(seconds[name], 2) for name in names}
+
+
+def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | None = None,
+              dataset: str | None = None, progress: bool = False) -> AnomalyCalibration:
+    """Quantiles of every anomaly score available to the model on held-out normal images.
+
+    The default is the benchmark's best available score for `dataset` (`model.anomaly.registry.default_score`).
+    A score's stored parameters are those it uses (`k` for the scores built on L_K).
+    """
+    names = available_scores(model, companions)
+    with tqdm(desc=f"calibrating {len(names)} anomaly scores", unit="img", disable=not progress,
+              leave=False) as bar:
+        values, _ = score_split(model, normal.x, names, k=k, companions=companions, batch_size=100,
+                                progress=bar.update)  # −L_K once for all
+    calibrations = {name: ScoreCalibration.fit(name, values[name].numpy(), {"k": k} if SCORES[name].uses_k else {})
+                    for name in names}
+    return AnomalyCalibration(calibrations, default_score(dataset, names))
