@@ -24,7 +24,7 @@ def check_model_dir(root: Path) -> None:
     mistake (a typo, or no run trained yet) that waiting would not mend: the server does not pick
     up runs added after it starts.
     """
-    from service.core.registry import run_directories
+    from service.core.registry import run_directories  # see _serve
 
     expected = f"expected a folder of run directories written by `vae train --out {root}/NAME`"
     if not root.exists():
@@ -37,6 +37,8 @@ def check_model_dir(root: Path) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # `vae` imports this module to build its parser for every subcommand, also where only the
+    # training extra is installed: the server's stack (FastAPI, pydantic, uvicorn) loads here.
     import uvicorn
 
     from service.app import create_app

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from service.app import create_app
+
 
 def __getattr__(name: str):
     if name == "app":
-        from service.app import create_app
-
         app = create_app()
         globals()["app"] = app  # later lookups find it without coming back here
         return app

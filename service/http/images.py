@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from service.core.errors import BadInputError, plural
 
@@ -85,8 +86,6 @@ def check_images(array: np.ndarray, input_shape: Sequence[int], field: str = "im
 
 def decode_png(data: bytes, input_shape: Sequence[int], field: str) -> np.ndarray:
     """One greyscale PNG of the model's size as float32 (H, W) in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
     height, width = input_shape[-2:]
     try:
         image = Image.open(io.BytesIO(data))
@@ -137,8 +136,6 @@ def decode_base64_pngs(items, input_shape: Sequence[int], field: str = "images_p
 
 def encode_png(pixels: np.ndarray) -> str:
     """Base64 of an 8-bit greyscale PNG of one image (H, W) with values in [0, 1]."""
-    from PIL import Image
-
     grey = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(grey, mode="L").save(buffer, format="PNG")

@@ -1,0 +1,33 @@
+"""`vae evaluate RUN_DIR`: recompute evaluation.json (and the calibration) of a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from model.core.device import device_of, resolve_device
+from model.runs.checkpoint import load_model
+
+
+def register(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="recompute evaluation.json of a run")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--k", type=int, default=None, help="importance samples (default: the run's eval_k)")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                          help="where to evaluate (default: the run's device)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Evaluation imports tqdm, scikit-learn and the data loaders, which `vae serve` must not need.
+    from model.data.loading import load_data
+    from model.runs.finish import finish
+    from model.runs.train import summary
+
+    model, config = load_model(args.run_dir)
+    model.to(resolve_device(config.device if args.device is None else args.device))
+    data = load_data(config).to(device_of(model))
+    finish(model, config, data, Path(args.run_dir), k=args.k, progress=not args.quiet)
+    print(summary(args.run_dir))
+    return 0
