@@ -29,6 +29,8 @@ class Score:
     requires: a field of `model.kinds.base.Capabilities` the model must have.
     correction: for a score of the form −L_K(x) + correction(x): `model.anomaly.scoring.score_split`
         then computes −L_K once for all such scores, so they see the same importance samples.
+    components: the scores a derived score is made of (`combined`); it is available when they all
+        are, and calibration computes it from their values.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Score:
     needs: tuple[str, ...] = ()
     requires: str | None = None
     correction: Correction | None = None
+    components: tuple[str, ...] = ()
 
     def __call__(self, model: nn.Module, x: Tensor, **kwargs) -> Tensor:
         return self.fn(model, x, **kwargs)

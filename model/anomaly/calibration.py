@@ -37,6 +37,10 @@ class ScoreCalibration:
             raise ValueError(f"false_positive_rate: expected a number in (0, 1), got {false_positive_rate}")
         return float(np.interp(1.0 - false_positive_rate, self.levels, self.quantiles))
 
+    def value_at(self, level: float) -> float:
+        """The score at quantile `level` of the normal images (0.5: the median)."""
+        return float(np.interp(level, self.levels, self.quantiles))
+
     def percentile(self, scores) -> np.ndarray:
         """Percent of normal images scoring at most each score (0–100)."""
         return 100.0 * np.interp(np.asarray(scores, dtype=np.float64), self.quantiles, self.levels)

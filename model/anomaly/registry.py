@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 from torch import nn
 
-from model.anomaly import likelihood, reconstruction, regret
+from model.anomaly import combined, likelihood, reconstruction, regret
 from model.anomaly.base import BACKGROUND, Score
 
 SCORES: dict[str, Score] = {score.name: score for score in (
@@ -37,6 +37,10 @@ SCORES: dict[str, Score] = {score.name: score for score in (
     Score("likelihood_regret", regret.likelihood_regret, "ELBO gained by optimising the posterior for x alone "
           "(Xiao et al. 2020)", requires="gaussian_latent"),
 )}
+SCORES["combined"] = Score(
+    "combined", partial(combined.combined, SCORES), "the largest of −L_K and the relative reconstruction error, "
+    "each standardised by its median and IQR on held-out normal images", uses_k=True,
+    components=combined.COMPONENTS)
 # The scores built on −L_K(x): `model.anomaly.scoring.score_split` computes the bound once for them.
 NLL_SCORES: tuple[str, ...] = ("iwae", *(name for name, score in SCORES.items() if score.correction is not None))
 DEFAULT_SCORE = "iwae"
@@ -45,7 +49,9 @@ RANKINGS = Path(__file__).with_name("rankings.json")
 
 def available_scores(model: nn.Module, companions: Mapping[str, nn.Module] | None = None) -> list[str]:
     """The scores that work for this model and whose companions are all present."""
-    return [name for name, score in SCORES.items() if score.available_for(model, companions)]
+    basic = {name for name, score in SCORES.items() if not score.components and score.available_for(model, companions)}
+    return [name for name, score in SCORES.items()
+            if (name in basic) or (score.components and set(score.components) <= basic)]
 
 
 @cache

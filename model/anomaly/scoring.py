@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from model.anomaly.base import require
 from model.anomaly.calibration import AnomalyCalibration, ScoreCalibration
+from model.anomaly.combined import standardisation, standardise
 from model.anomaly.registry import NLL_SCORES, SCORES, available_scores, default_score
 from model.data.base import Split
 from model.core.device import device_of
@@ -76,13 +77,22 @@ def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | Non
     """Quantiles of every anomaly score available to the model on held-out normal images.
 
     The default is the benchmark's best available score for `dataset` (`model.anomaly.registry.default_score`).
-    A score's stored parameters are those it uses (`k` for the scores built on L_K).
+    A score's stored parameters are those it uses (`k` for the scores built on L_K; a derived score's
+    standardisation of its components). A derived score is computed from its components' values.
     """
     names = available_scores(model, companions)
+    derived = [name for name in names if SCORES[name].components]
+    basic = [name for name in names if name not in derived]
     with tqdm(desc=f"calibrating {len(names)} anomaly scores", unit="img", disable=not progress,
               leave=False) as bar:
-        values, _ = score_split(model, normal.x, names, k=k, companions=companions, batch_size=100,
+        values, _ = score_split(model, normal.x, basic, k=k, companions=companions, batch_size=100,
                                 progress=bar.update)  # −L_K once for all
     calibrations = {name: ScoreCalibration.fit(name, values[name].numpy(), {"k": k} if SCORES[name].uses_k else {})
-                    for name in names}
+                    for name in basic}
+    for name in derived:
+        parts = SCORES[name].components
+        params = {**standardisation({part: calibrations[part] for part in parts}),
+                  **({"k": k} if SCORES[name].uses_k else {})}
+        value = standardise({part: values[part] for part in parts}, params)
+        calibrations[name] = ScoreCalibration.fit(name, value.numpy(), params)
     return AnomalyCalibration(calibrations, default_score(dataset, names))
