@@ -15,7 +15,8 @@ from model.anomaly.likelihood import complexity_bits, excess, input_complexity, 
 from model.anomaly.companions import fit_companions, fit_model, perturb
 from model.anomaly.regret import likelihood_regret
 from model.anomaly.scoring import score_split
-from model.bench.anomaly import QUICK, auroc
+from model.bench.anomaly import auroc
+from model.bench.config import QUICK
 from model.anomaly.calibration import AnomalyCalibration
 from model.runs.checkpoint import load_companions, save_companions
 from model.config.train import TrainConfig
@@ -265,3 +266,33 @@ def test_quick_benchmark_command_runs_every_score_and_beats_chance(tmp_path, cap
         assert result["auroc"]["iwae"] > 0.9 and result["auroc"]["reconstruction"] > 0.9, result["auroc"]
     mean = report["summary"]["oneclass-embedded"]["mean_auroc"]["iwae"]
     assert mean == pytest.approx(sum(r["auroc"]["iwae"] for r in report["results"]) / 2)
+
+
+def _result(benchmark: str, case: str, aurocs: dict[str, float]) -> dict:
+    return {"benchmark": benchmark, "case": case, "auroc": aurocs, "score_seconds": dict.fromkeys(aurocs, 1.0),
+            "train_seconds": 1.0, "background_seconds": 0.0}
+
+
+def test_rankings_order_each_data_sets_scores_by_the_mean_of_its_one_class_and_ood_aurocs(tmp_path, capsys):
+    """Ranked by one-class alone: relative_reconstruction first; by OOD alone: iwae; by their mean: excess."""
+    from model.anomaly.registry import rankings
+    from model.cli.main import main
+
+    results = [
+        _result("oneclass-mnist", "class 0", {"iwae": 0.70, "relative_reconstruction": 1.00, "excess": 0.94}),
+        _result("oneclass-mnist", "class 1", {"iwae": 0.90, "relative_reconstruction": 0.98, "excess": 0.96}),
+        _result("mnist-vs-fashion-mnist", "mnist vs fashion-mnist",
+                {"iwae": 0.99, "relative_reconstruction": 0.90, "excess": 0.96, "likelihood_regret": 1.0}),
+        _result("oneclass-embedded", "class 0", {"iwae": 0.8, "excess": 0.9}),  # no OOD benchmark: not ranked
+    ]
+    report = {"command": "synthetic", "config": {}, "threads": 1, "wall_seconds": 1.0, "results": results,
+              "summary": {}}
+    reports, out = tmp_path / "report.json", tmp_path / "rankings.json"
+    reports.write_text(json.dumps(report))
+    assert main(["bench", "anomaly", "--render", str(reports), "--write-rankings", str(out)]) == 0
+    assert "rankings of mnist written to" in capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert written["rankings"] == {"mnist": ["excess", "relative_reconstruction", "iwae"]}  # regret: OOD only
+    assert written["means"]["mnist"] == pytest.approx({"excess": 0.955, "relative_reconstruction": 0.945,
+                                                       "iwae": 0.895})
+    assert rankings(out) == {"mnist": ("excess", "relative_reconstruction", "iwae")}  # as the registry reads it

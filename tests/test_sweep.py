@@ -1,13 +1,18 @@
 """Sweeps: parsing, skipping complete runs, and CI's `--quick` smoke test that every artefact is written."""
 
+import inspect
 import json
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from model.analysis.sweep import (DATA_FIELDS, QUICK_OVERRIDES, SweepError, data_key, load_sweep, parse_assignments,
+                                  parse_sweep)
 from model.cli.main import main
-from model.analysis.sweep import QUICK_OVERRIDES, SweepError, load_sweep, parse_assignments, parse_sweep
+from model.config.train import DataConfig, TrainConfig
+from model.data.loading import load_data
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,8 +45,8 @@ def test_runs_are_variations_of_the_base():
     sweep = parse_sweep(TINY_SWEEP)
     assert [r.name for r in sweep.runs] == ["beta-1", "beta-10"]
     one, ten = (r.config for r in sweep.runs)
-    assert (one.beta, one.latent_features, one.hidden) == (1.0, 2, (32,))
-    assert (ten.beta, ten.latent_features, ten.train_subset) == (10.0, 3, 200)
+    assert (one.optim.beta, one.model.latent_features, one.model.hidden) == (1.0, 2, (32,))
+    assert (ten.optim.beta, ten.model.latent_features, ten.data.train_subset) == (10.0, 3, 200)
     assert sweep.runs[1].changes == {"beta": 10, "latent_features": 3}
 
 
@@ -77,7 +82,7 @@ def test_assignments_are_toml_values():
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_sweeps_parse_in_both_modes(path):
     full, quick = load_sweep(path), load_sweep(path, quick=True)
-    assert full.base.dataset == "mnist" and len(full.runs) >= 3
+    assert full.base.data.dataset == "mnist" and len(full.runs) >= 3
     assert all(r.config.data.dataset == "embedded" for r in quick.runs)
     assert [r.changes for r in full.runs] == [r.changes for r in quick.runs]
 
@@ -148,10 +153,14 @@ def test_a_shipped_sweep_runs_quick(tmp_path):
 
 
 def test_runs_share_loaded_data_only_when_every_field_load_data_reads_agrees():
-    import inspect
-
-    from model.data.loading import load_data
-    from model.analysis.sweep import DATA_FIELDS
-
+    # load_data reads the data section and the seed of a config, nothing else ...
     read = set(re.findall(r"config\.([a-z_]+)", inspect.getsource(load_data)))
-    assert read <= set(DATA_FIELDS), f"load_data reads {sorted(read - set(DATA_FIELDS))}, missing from DATA_FIELDS"
+    assert read <= {"data", "seed"}, f"load_data reads config.{sorted(read - {'data', 'seed'})}, outside DATA_FIELDS"
+    # ... and the key runs share data by is every field of those.
+    assert set(DATA_FIELDS) == {f.name for f in fields(DataConfig)} | {"seed"}
+    base = TrainConfig.of(classes=(3, 7), train_subset=100)
+    assert data_key(base.replace(epochs=3, beta=2.0, latent_features=5, eval_k=4)) == data_key(base)
+    for name, value in [("seed", 1), ("dataset", "mnist"), ("data_dir", "/data"), ("classes", (0, 1)),
+                        ("binarize", "static"), ("validation_fraction", 0.2), ("train_subset", 50), ("labels", 10),
+                        ("input_shape", (1, 2, 2)), ("class_labels", (3,))]:
+        assert data_key(base.replace(**{name: value})) != data_key(base), name

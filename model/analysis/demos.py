@@ -11,7 +11,6 @@ And for exercise 2.1, why the reparameterization trick: the spread of the pathwi
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -20,59 +19,74 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
+from model.analysis.figures import pyplot, save_figure
+
 DEFAULT_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 # --- 1. importance sampling ------------------------------------------------------------------
+
+# The course's example: the mean of p = N(5, 1) estimated from samples of a proposal q; the first
+# proposal is wide enough to cover p, the second too narrow (the weights' variance explodes).
+TARGET = (5.0, 1.0)
+PROPOSALS = {"N(1, 3)": (1.0, 3.0), "N(1, 1)": (1.0, 1.0)}
+
+
+def _normal(loc_scale: tuple[float, float]) -> Normal:
+    return Normal(torch.tensor(loc_scale[0]), torch.tensor(loc_scale[1]))
+
+
+def _draw(dist: Normal, shape, generator: torch.Generator) -> Tensor:
+    return dist.loc + dist.scale * torch.randn(shape, generator=generator, dtype=torch.float64)
+
+
+def _weights(q: Normal, z: Tensor) -> Tensor:
+    return (_normal(TARGET).log_prob(z) - q.log_prob(z)).exp()  # w(z) = p(z) / q(z)
+
 
 def importance_sampling(n_samples: int = 10_000, repeats: int = 200, seed: int = 0) -> dict:
     """Estimate the mean of p = N(5, 1) from samples of q, as the course's illustration does.
 
     Returns the single estimate from `n_samples` draws of q = N(1, 3) next to the empirical mean of
     as many draws of p, the effective sample size, and for growing sample sizes the mean and
-    standard deviation of the estimate over `repeats` repetitions, for q = N(1, 3) (wide enough to
-    cover p) and q = N(1, 1) (too narrow: the weights' variance explodes).
+    standard deviation of the estimate over `repeats` repetitions, for each of `PROPOSALS`.
     """
     generator = torch.Generator().manual_seed(seed)
-    p = Normal(torch.tensor(5.0), torch.tensor(1.0))
-    proposals = {"N(1, 3)": Normal(torch.tensor(1.0), torch.tensor(3.0)),
-                 "N(1, 1)": Normal(torch.tensor(1.0), torch.tensor(1.0))}
-
-    def draw(dist: Normal, shape) -> Tensor:
-        return dist.loc + dist.scale * torch.randn(shape, generator=generator, dtype=torch.float64)
-
-    def weighted(dist: Normal, z: Tensor) -> Tensor:
-        return (p.log_prob(z) - dist.log_prob(z)).exp()  # w(z) = p(z) / q(z)
-
-    q = proposals["N(1, 3)"]
-    z = draw(q, (n_samples,))
-    w = weighted(q, z)
+    q = _normal(PROPOSALS["N(1, 3)"])
+    z = _draw(q, (n_samples,), generator)
+    w = _weights(q, z)
     out = {
-        "p": "N(5, 1)", "q": "N(1, 3)", "f": "z", "true_mean": 5.0, "n_samples": n_samples, "seed": seed,
+        "p": "N(5, 1)", "q": "N(1, 3)", "f": "z", "true_mean": TARGET[0], "n_samples": n_samples, "seed": seed,
         "estimate": float((w * z).mean()),
         "self_normalised_estimate": float((w * z).sum() / w.sum()),
-        "empirical_mean_of_p_samples": float(draw(p, (n_samples,)).mean()),
+        "empirical_mean_of_p_samples": float(_draw(_normal(TARGET), (n_samples,), generator).mean()),
         "mean_weight": float(w.mean()),  # E_q[w] = 1
         "effective_sample_size": float(w.sum() ** 2 / w.pow(2).sum()),
         "convergence": {},
     }
-    for name, proposal in proposals.items():
-        rows = []
+    for name, loc_scale in PROPOSALS.items():
+        proposal, rows = _normal(loc_scale), []
         for n in (10, 100, 1_000, 10_000, 100_000):
-            z = draw(proposal, (repeats, n))
-            estimates = (weighted(proposal, z) * z).mean(1)  # (repeats,)
+            z = _draw(proposal, (repeats, n), generator)
+            estimates = (_weights(proposal, z) * z).mean(1)  # (repeats,)
             rows.append({"n": n, "mean": float(estimates.mean()), "std": float(estimates.std())})
         out["convergence"][name] = rows
-    z = draw(q, (n_samples,))
-    out["_samples"] = {"q": z, "w": weighted(q, z), "p": draw(p, (n_samples,))}
     return out
 
 
-def plot_importance_sampling(result: dict, path: Path) -> Path:
-    from model.analysis.plots import pyplot, save_figure
+def importance_samples(n_samples: int = 10_000, seed: int = 0) -> dict[str, Tensor]:
+    """What `plot_importance_sampling` draws: `n_samples` of q = N(1, 3) (`q`), their weights
+    w = p/q (`w`), and as many samples of p = N(5, 1) (`p`); each (n_samples,)."""
+    generator = torch.Generator().manual_seed(seed)
+    q = _normal(PROPOSALS["N(1, 3)"])
+    z = _draw(q, (n_samples,), generator)
+    return {"q": z, "w": _weights(q, z), "p": _draw(_normal(TARGET), (n_samples,), generator)}
 
+
+def plot_importance_sampling(result: dict, path: Path) -> Path:
+    """The weighted histogram of q's samples against p, and the estimate's spread per sample size."""
     plt = pyplot()
-    samples = result["_samples"]
+    samples = importance_samples(result["n_samples"], result["seed"])
     q_samples, w, p_samples = samples["q"].numpy(), samples["w"].numpy(), samples["p"].numpy()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     bins = 80
@@ -118,13 +132,20 @@ def grouped_bounds(log_w: Tensor, ks) -> dict[int, Tensor]:
     return out
 
 
+def _require_gaussian_latent(model, what: str) -> None:
+    if not model.capabilities.gaussian_latent:
+        raise ValueError(f"{what} needs a model with a Gaussian latent (as --kind gaussian), got kind {model.kind!r}")
+
+
 @torch.no_grad()
 def quadrature_log_px(model, x: Tensor, points: int = 121, width: float = 8.0) -> Tensor:
     """log p(x) = log ∫ p(x|z) p(z) dz on a points×points grid over mu ± width·sigma (two latent units).
 
     Returns (B,). A deterministic check on the importance-weighted bounds: a rectangle rule over a
-    box that q(z|x) places essentially all its mass in.
+    box that q(z|x) places essentially all its mass in. The model's latent must be Gaussian
+    (`Capabilities.gaussian_latent`: it has `prior` and `observation_model(z)`).
     """
+    _require_gaussian_latent(model, "quadrature")
     if model.latent_features != 2:
         raise ValueError(f"quadrature needs a model with 2 latent units, got {model.latent_features}")
     encoded = model.encode(x)
@@ -136,10 +157,15 @@ def quadrature_log_px(model, x: Tensor, points: int = 121, width: float = 8.0) -
         z1, z2 = torch.meshgrid(*axes, indexing="ij")
         z = torch.stack([z1.flatten(), z2.flatten()], 1)  # (points², 2)
         log_px_z = model.observation_model(z).log_prob(x[i].expand(z.shape[0], *x.shape[1:])).flatten(1).sum(1)
-        log_pz = Normal(0.0, 1.0).log_prob(z).sum(1)
+        log_pz = model.prior(z.shape[0]).log_prob(z).sum(1)
         cell = (axes[0][1] - axes[0][0]) * (axes[1][1] - axes[1][0])
         out.append(torch.logsumexp(log_px_z + log_pz, 0) + cell.log())
     return torch.stack(out)
+
+
+def ks_up_to(k_max: int) -> list[int]:
+    """The `DEFAULT_KS` up to `k_max`, and `k_max` itself."""
+    return sorted({k for k in DEFAULT_KS if k < k_max} | {k_max})
 
 
 @torch.no_grad()
@@ -173,7 +199,7 @@ def bound_ordering(model, x: Tensor, ks=DEFAULT_KS, chunk: int = 250, seed: int 
         "elbo_analytic_kl": mean_se(elbo)[0],
         "monotone": all(b["bound"] >= a["bound"] for a, b in zip(rows, rows[1:])),
     }
-    if getattr(model, "latent_features", None) == 2 and getattr(model, "kind", None) == "gaussian":
+    if model.capabilities.gaussian_latent and model.latent_features == 2:
         log_px = quadrature_log_px(model, x)
         result["quadrature_log_px"] = float(log_px.mean())
         result["quadrature_minus_last_bound"] = mean_se(log_px - bounds[k_max])
@@ -181,8 +207,6 @@ def bound_ordering(model, x: Tensor, ks=DEFAULT_KS, chunk: int = 250, seed: int 
 
 
 def plot_bound_ordering(result: dict, path: Path, title: str = "") -> Path:
-    from model.analysis.plots import pyplot, save_figure
-
     plt = pyplot()
     rows = result["rows"]
     first = rows[0]["bound"]
@@ -211,8 +235,10 @@ def gradient_estimators(model, x: Tensor, samples: int = 2000, seed: int = 0) ->
     score function: log p(x|z) · ∇_mu log q(z|x) = log p(x|z) (z − mu) / sigma², z held fixed, with and
     without the sample-mean baseline. All three are unbiased; their spreads differ.
     Returns per latent unit: mean and std of each estimator over `samples` draws. The baseline uses
-    the same draws (a slight bias, irrelevant next to the spreads compared).
+    the same draws (a slight bias, irrelevant next to the spreads compared). The model's latent
+    must be Gaussian (`Capabilities.gaussian_latent`).
     """
+    _require_gaussian_latent(model, "the gradient estimators")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         qz = model.posterior(x)
@@ -237,8 +263,6 @@ def gradient_estimators(model, x: Tensor, samples: int = 2000, seed: int = 0) ->
 
 def plot_gradient_estimators(results: list[dict], path: Path) -> Path:
     """Std of each estimator per image (latent unit 1), log scale: one marker per image."""
-    from model.analysis.plots import pyplot, save_figure
-
     plt = pyplot()
     names = ("pathwise", "score_function_baseline", "score_function")
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
@@ -256,99 +280,16 @@ def plot_gradient_estimators(results: list[dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-# --- command ---------------------------------------------------------------------------------
+def reparameterization(model, x: Tensor, samples: int = 2000, seed: int = 0) -> dict:
+    """`gradient_estimators` for each image of x (N, ...), image i with seed + i, and how their spreads compare.
 
-def _importance_command(args: argparse.Namespace) -> int:
-    from model.io.atomic import write_json
-
-    out = Path(args.out)
-    result = importance_sampling(args.samples, seed=args.seed)
-    plot_importance_sampling(result, out / "importance_sampling.png")
-    result.pop("_samples")
-    write_json(out / "importance_sampling.json", result)
-    print(f"E_p[z] = 5; empirical mean of {args.samples:,} p samples {result['empirical_mean_of_p_samples']:.3f}; "
-          f"importance-weighted estimate from q samples {result['estimate']:.3f} "
-          f"(self-normalised {result['self_normalised_estimate']:.3f}, ESS {result['effective_sample_size']:.0f}); "
-          f"written to {out}")
-    return 0
-
-
-def _bounds_command(args: argparse.Namespace) -> int:
-    from model.io.atomic import write_json
-    from model.runs.checkpoint import load_model
-    from model.data.loading import load_data
-
-    model, config = load_model(args.run_dir)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_data(config.replace(data_dir=args.data_dir) if args.data_dir else config)
-    pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(args.seed))[: args.images]
-    ks = [k for k in DEFAULT_KS if k <= args.k_max]
-    if ks[-1] != args.k_max:
-        ks.append(args.k_max)
-    result = bound_ordering(model, data.test.x[pick], ks, seed=args.seed)
-    result["run"] = str(args.run_dir)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "demos"
-    write_json(out / "bounds.json", result)
-    plot_bound_ordering(result, out / "bounds.png")
-    for r in result["rows"]:
-        print(f"L_{r['k']:<5d} {r['bound']:9.3f}   L_K - L_1 {r['gain_over_first']:7.3f} ± {r['gain_se']:.3f}   "
-              f"step {r['step']:+.3f} ± {r['step_se']:.3f}")
-    print(f"ELBO (analytic KL) {result['elbo_analytic_kl']:.3f}")
-    if "quadrature_log_px" in result:
-        print(f"log p(x) by quadrature {result['quadrature_log_px']:.3f}")
-    print(f"ordering holds for every measured K: {result['monotone']}; written to {out}")
-    return 0
-
-
-def _reparameterization_command(args: argparse.Namespace) -> int:
-    from model.io.atomic import write_json
-    from model.runs.checkpoint import load_model
-    from model.data.loading import load_data
-
-    model, config = load_model(args.run_dir)
-    data = load_data(config.replace(data_dir=args.data_dir) if args.data_dir else config)
-    rows = []
-    out = Path(args.out) if args.out else Path(args.run_dir) / "demos"
-    for i in range(args.images):
-        rows.append(gradient_estimators(model, data.test.x[i:i + 1], args.samples, seed=args.seed + i))
-    plot_gradient_estimators(rows, out / "reparameterization.png")
+    Returns the medians over images and latent units of std(score function) / std(pathwise), with and
+    without the baseline, the smallest ratio with it, and every image's estimates (`per_image`).
+    """
+    rows = [gradient_estimators(model, x[i:i + 1], samples, seed=seed + i) for i in range(x.shape[0])]
     ratios = np.array([r["std_ratio_score_over_pathwise"] for r in rows])  # (images, D)
     baseline = np.array([r["std_ratio_baseline_over_pathwise"] for r in rows])
-    summary = {"run": str(args.run_dir), "images": args.images, "samples": args.samples,
-               "median_std_ratio_score_over_pathwise": float(np.median(ratios)),
-               "median_std_ratio_baseline_over_pathwise": float(np.median(baseline)),
-               "min_std_ratio_baseline_over_pathwise": float(baseline.min()), "per_image": rows}
-    write_json(out / "reparameterization.json", summary)
-    print(f"std of the score-function gradient / std of the pathwise gradient over {args.images} test images "
-          f"and every latent unit: median {summary['median_std_ratio_score_over_pathwise']:.1f} without a "
-          f"baseline, {summary['median_std_ratio_baseline_over_pathwise']:.1f} with one "
-          f"(smallest {summary['min_std_ratio_baseline_over_pathwise']:.1f}); written to {out}")
-    return 0
-
-
-def register(commands) -> None:
-    demo = commands.add_parser("demo", help="the supplementary material's demonstrations")
-    demos = demo.add_subparsers(dest="demo", required=True, metavar="DEMO")
-    importance = demos.add_parser("importance-sampling", help="estimate E_p[z] from samples of q")
-    importance.add_argument("--out", default="runs/demos", help="folder for the JSON and PNG (default: runs/demos)")
-    importance.add_argument("--samples", type=int, default=10_000)
-    importance.add_argument("--seed", type=int, default=0)
-    importance.set_defaults(handler=_importance_command)
-    bounds = demos.add_parser("bounds", help="log p(x) >= L_(K+1) >= L_K >= ELBO on a trained run, K = 1..5000")
-    bounds.add_argument("run_dir")
-    bounds.add_argument("--out", help="folder for bounds.json and bounds.png (default: RUN_DIR/demos)")
-    bounds.add_argument("--images", type=int, default=200, help="test images (default: 200)")
-    bounds.add_argument("--k-max", type=int, default=5000, help="largest K (default: 5000)")
-    bounds.add_argument("--seed", type=int, default=0)
-    bounds.add_argument("--data-dir", help="where the run's data set lives, if not where its config says")
-    bounds.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    bounds.set_defaults(handler=_bounds_command)
-    reparam = demos.add_parser("reparameterization", help="pathwise against score-function gradients on a run")
-    reparam.add_argument("run_dir")
-    reparam.add_argument("--out", help="folder for the JSON and PNG (default: RUN_DIR/demos)")
-    reparam.add_argument("--images", type=int, default=20, help="test images (default: 20)")
-    reparam.add_argument("--samples", type=int, default=2000, help="draws per estimator and image (default: 2000)")
-    reparam.add_argument("--seed", type=int, default=0)
-    reparam.add_argument("--data-dir", help="where the run's data set lives, if not where its config says")
-    reparam.set_defaults(handler=_reparameterization_command)
+    return {"images": x.shape[0], "samples": samples,
+            "median_std_ratio_score_over_pathwise": float(np.median(ratios)),
+            "median_std_ratio_baseline_over_pathwise": float(np.median(baseline)),
+            "min_std_ratio_baseline_over_pathwise": float(baseline.min()), "per_image": rows}

@@ -14,53 +14,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from model.analysis.figures import image_grid, pyplot, save_figure, show_images
+from model.core.device import device_of
 from model.core.noise import RowwiseNoise
 
-DPI = 80
 MAX_VARIABLES_SHOWN = 20  # rows of the category-code grid
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    from model.io.atomic import atomic_write
-
-    path = Path(path)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-    _pyplot().close(fig)
-    return path
-
-
-def _tile(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
-    """Images (R·nrow, 1, H, W) in [0, 1], row-major, as one (R·(H+pad)+pad, nrow·(W+pad)+pad) array."""
-    images = images.detach().cpu().float()
-    n, _, h, w = images.shape
-    rows = math.ceil(n / nrow)
-    grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i, 0]
-    return grid
-
-
 def _image_grid_figure(images: Tensor, nrow: int, row_labels: list[str], col_labels: list[str], title: str):
-    plt = _pyplot()
+    plt = pyplot()
     rows = math.ceil(images.shape[0] / nrow)
     h, w = images.shape[-2:]
     fig, ax = plt.subplots(figsize=(1.0 + 0.5 * nrow, 0.8 + 0.5 * rows))
-    ax.imshow(_tile(images, nrow), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    show_images(ax, image_grid(images, nrow))
     ax.set_xticks([1 + (w + 1) * i + w / 2 for i in range(nrow)], col_labels, fontsize=7)
     ax.set_yticks([1 + (h + 1) * i + h / 2 for i in range(rows)], row_labels, fontsize=7)
     ax.tick_params(length=0)
@@ -86,11 +55,11 @@ def plot_category_codes(model, path: Path, seed: int = 0) -> Path:
     for n in range(n_shown):
         block = slice(n * model.categories, (n + 1) * model.categories)
         codes[n * model.categories:(n + 1) * model.categories, block] = torch.eye(model.categories)
-    images = model.decode(codes.to(next(model.parameters()).device))
+    images = model.decode(codes.to(device_of(model)))
     fig = _image_grid_figure(images, model.categories, [f"c{n + 1}" for n in range(n_shown)],
                              [str(c) for c in range(model.categories)],
                              "each category of each variable, the others fixed")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -99,9 +68,9 @@ def plot_category_usage(model, x: Tensor, path: Path) -> Path:
 
     A perplexity of C means every category is used equally often; 1 means the variable is unused.
     """
-    probs = model.encode(x.to(next(model.parameters()).device))["probs"].mean(0).cpu()  # (N, C)
+    probs = model.encode(x.to(device_of(model)))["probs"].mean(0).cpu()  # (N, C)
     perplexity = torch.exp(-(probs * probs.clamp_min(1e-12).log()).sum(-1))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.5 + 0.45 * model.categories, 1.0 + 0.3 * model.variables))
     image = ax.imshow(probs.numpy(), cmap="viridis", vmin=0, aspect="auto")
     ax.set_xlabel("category")
@@ -109,7 +78,7 @@ def plot_category_usage(model, x: Tensor, path: Path) -> Path:
                   fontsize=7)
     ax.set_title(f"mean q(c|x) over {x.shape[0]} test images (usage perplexity)", fontsize=9)
     fig.colorbar(image, ax=ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_categorical_run(model, config, test, out_dir: Path, images: int = 2000) -> list[Path]:
@@ -123,19 +92,19 @@ def plot_categorical_run(model, config, test, out_dir: Path, images: int = 2000)
 @torch.no_grad()
 def plot_conditional_generation(model, path: Path, styles: int = 10, seed: int = 0) -> Path:
     """p(x|y, z): one row per class, one column per style z ~ p(z), the same z down each column."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     z = model.sample(styles, noise=RowwiseNoise([seed], [styles]), y=model.class_labels[0])["z"]  # (S, D)
     labels = model.class_labels.tolist()
     images = torch.cat([model.decode(z.to(device), y=label) for label in labels])  # (C·S, 1, H, W)
     fig = _image_grid_figure(images, styles, [str(label) for label in labels], [f"z{s + 1}" for s in range(styles)],
                              "conditional generation: a row per class, a column per style")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
 def plot_analogies(model, x: Tensor, path: Path) -> Path:
     """Each test image (first column) and its style, mean of q(z|x, ŷ), drawn as every class."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     x = x.to(device)
     mu = model.encode(x)["mu"]  # (B, D)
     labels = model.class_labels.tolist()
@@ -143,7 +112,7 @@ def plot_analogies(model, x: Tensor, path: Path) -> Path:
     images = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: (B·(C+1), 1, H, W)
     fig = _image_grid_figure(images, len(labels) + 1, [""] * x.shape[0], ["x"] + [str(label) for label in labels],
                              "analogies: the style of x, drawn as each class")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_m2_run(model, config, test, out_dir: Path) -> list[Path]:

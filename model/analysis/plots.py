@@ -1,104 +1,75 @@
-"""The course's plots, as PNG files (matplotlib, Agg backend): `vae plot RUN_DIR`.
+"""The course's plots of one run, as PNG files: `plot_run(RUN_DIR)` (the `vae plot` command).
 
-Per run: data next to reconstructions (decoder means, and binary samples), the latent space
-(2σ posterior ellipses over the prior for two units, PCA / t-SNE otherwise), the learning curves,
-prior samples next to posterior samples, interpolations, the decoded manifold over [-3, 3]² and the
-KL per latent unit. Per sweep: overlaid learning curves and the rate–distortion plane.
-
-matplotlib is imported inside the functions, so importing this module (for `register`) is cheap.
-Kind-specific plots come from `model.analysis.kind_plots.KIND_PLOTS` when that module offers one for the
-run's kind: `KIND_PLOTS[kind](model, config, split, out_dir) -> list[Path]`.
+Data next to reconstructions (decoder means, and binary samples), the latent space (2σ posterior
+ellipses over the prior for two Gaussian units, PCA / t-SNE otherwise), the learning curves, prior
+samples next to posterior samples, interpolations, the decoded manifold over [-3, 3]² and the KL
+per latent unit. The last three need a Gaussian latent (`Capabilities.gaussian_latent`). Kinds
+with plots of their own add them through `model.analysis.kind_plots.KIND_PLOTS`. The plots of a
+whole sweep are in `model.analysis.sweep_plots`.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import importlib.util
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, Ellipse
+from matplotlib.ticker import MaxNLocator
+from sklearn.manifold import TSNE
 from torch import Tensor
+
+from model.analysis.figures import image_grid, pyplot, save_figure, show_images
+from model.analysis.kind_plots import KIND_PLOTS
+from model.analysis.plot_names import GAUSSIAN_PLOTS
+from model.core.device import device_of
+from model.data.loading import load_data
+from model.evaluation.evaluate import ACTIVE_UNIT_THRESHOLD
+from model.io.atomic import read_jsonl
+from model.runs.checkpoint import METRICS, load_model
 
 PLOTS_DIR = "plots"
 PRIOR_RADIUS = 2.0  # the prior's 2σ disk, drawn behind the posterior ellipses
 MAX_ELLIPSES = 400  # more ellipses would hide the means under them
-DPI = 80
-GAUSSIAN_PLOTS = ("reconstructions", "latent", "learning_curves", "samples", "interpolations", "manifold", "unit_kl")
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    from model.io.atomic import atomic_write
-
-    plt = pyplot()
-    path = Path(path)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-    plt.close(fig)
-    return path
-
-
-def image_grid(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
-    """Tile images (N, 1, H, W) in [0, 1] into one (rows·(H+pad), nrow·(W+pad)) array, row-major."""
-    images = images.detach().cpu().float()
-    if images.dim() != 4 or images.shape[1] != 1:
-        raise ValueError(f"expected grey images of shape (N, 1, H, W), got {tuple(images.shape)}")
-    n, _, h, w = images.shape
-    rows = math.ceil(n / nrow)
-    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad), 0.25, dtype=np.float32)  # light grey lines
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i, 0]
-    return grid
+CURVES = (("elbo", "ELBO"), ("kl", "KL(q(z|x) || p(z))"), ("log_px", "log p(x|z)"))
 
 
 def _show(ax, grid: np.ndarray, title: str) -> None:
-    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    show_images(ax, grid)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
 
 
 def _colors(labels: np.ndarray):
-    plt = pyplot()
-    cmap = plt.get_cmap("tab10")
+    cmap = colormaps["tab10"]
     return [cmap(int(c) % 10) for c in labels]
 
 
 def _legend_for_classes(ax, labels: np.ndarray) -> None:
-    from matplotlib.lines import Line2D
-
-    plt = pyplot()
-    cmap = plt.get_cmap("tab10")
+    cmap = colormaps["tab10"]
     handles = [Line2D([], [], marker="o", linestyle="", color=cmap(int(c) % 10), label=str(int(c)))
                for c in np.unique(labels)]
-    ax.legend(handles=handles, fontsize=7, loc="upper right", title="digit", title_fontsize=7, ncol=2)
+    ax.legend(handles=handles, fontsize=7, loc="upper right", title="class", title_fontsize=7, ncol=2)
 
 
-# --- per-run plots ---------------------------------------------------------------------------
+def _posterior_means(model, x: Tensor) -> tuple[Tensor, str]:
+    """Decoder means at z ~ q(z|x) where the latent is Gaussian (as the course draws them), else at
+    the posterior mean; and which it was."""
+    if model.capabilities.gaussian_latent:
+        return model.observation_model(model.posterior(x).rsample()).probs, "z ~ q(z|x)"
+    return model.reconstruct(x), "posterior mean"
+
 
 @torch.no_grad()
 def plot_reconstructions(model, x: Tensor, path: Path, nrow: int = 8) -> Path:
     """Data, reconstructions as decoder means, and reconstructions as binary samples x ~ p(x|z)."""
     plt = pyplot()
     x = x[: nrow * nrow]
-    if getattr(model, "kind", None) == "gaussian":
-        px = model(x)["px"]  # z ~ q(z|x), as the course draws it
-        means, samples, how = px.probs, px.sample(), "z ~ q(z|x)"
-    else:
-        means = model.reconstruct(x)
-        samples, how = torch.bernoulli(means), "posterior mean"
+    means, how = _posterior_means(model, x)
+    samples = torch.bernoulli(means)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     _show(axes[0], image_grid(x, nrow), "data")
     _show(axes[1], image_grid(means.reshape(x.shape), nrow), f"reconstruction: decoder mean ({how})")
@@ -115,12 +86,10 @@ def _projection_pca(features: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, seed: int = 0) -> Path:
     """Two latent units: posterior means and 2σ ellipses over the prior's 2σ disk; more: PCA (and t-SNE)."""
-    from matplotlib.patches import Circle, Ellipse
-
     plt = pyplot()
     labels = y.cpu().numpy()
     colors = _colors(labels)
-    if getattr(model, "kind", None) == "gaussian" and model.latent_features == 2:
+    if model.capabilities.gaussian_latent and model.latent_features == 2:
         encoded = model.encode(x)
         mu, sigma = encoded["mu"].cpu().numpy(), encoded["sigma"].cpu().numpy()
         fig, ax = plt.subplots(figsize=(5.2, 5))
@@ -142,8 +111,6 @@ def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, see
     features = model.features(x).cpu().numpy()
     panels = [("PCA of posterior means", _projection_pca(features))]
     if tsne:
-        from sklearn.manifold import TSNE
-
         keep = min(len(features), 1000)
         embedded = TSNE(n_components=2, random_state=seed, init="pca").fit_transform(features[:keep])
         panels.append((f"t-SNE of posterior means ({keep} images)", embedded))
@@ -153,9 +120,6 @@ def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, see
         ax.set_title(f"{title} ({features.shape[1]} latent units)", fontsize=9)
         _legend_for_classes(ax, labels)
     return save_figure(fig, path)
-
-
-CURVES = (("elbo", "ELBO"), ("kl", "KL(q(z|x) || p(z))"), ("log_px", "log p(x|z)"))
 
 
 def plot_learning_curves(metrics: Sequence[dict], path: Path) -> Path:
@@ -180,10 +144,7 @@ def plot_samples(model, x: Tensor, path: Path, nrow: int = 8) -> Path:
     plt = pyplot()
     n = nrow * nrow
     prior = model.sample(n)["probs"]
-    if getattr(model, "kind", None) == "gaussian":
-        posterior = model(x[:n])["px"].probs
-    else:
-        posterior = model.reconstruct(x[:n])
+    posterior, _ = _posterior_means(model, x[:n])
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
     _show(axes[0], image_grid(prior.reshape(-1, *x.shape[1:]), nrow), "prior samples: z ~ p(z)")
     _show(axes[1], image_grid(posterior.reshape(-1, *x.shape[1:]), nrow), "posterior samples: z ~ q(z|x)")
@@ -196,7 +157,7 @@ def plot_interpolations(model, x: Tensor, y: Tensor, path: Path, pairs: int = 6,
     plt = pyplot()
     labels = y.cpu()
     starts, ends = [], []
-    for i in range(len(labels)):  # pairs of different digits, in data order (deterministic)
+    for i in range(len(labels)):  # pairs of different classes, in data order (deterministic)
         j = next((j for j in range(i + 1, len(labels)) if labels[j] != labels[i]), None)
         if j is not None and i not in ends:
             starts.append(i)
@@ -218,11 +179,11 @@ def plot_manifold(model, path: Path, n: int = 20, limit: float = 3.0) -> Path:
     plt = pyplot()
     axis = torch.linspace(-limit, limit, n)
     z2, z1 = torch.meshgrid(-axis, axis, indexing="ij")  # top row: largest z2
-    z = torch.stack([z1.flatten(), z2.flatten()], 1).to(next(model.parameters()).device)
+    z = torch.stack([z1.flatten(), z2.flatten()], 1).to(device_of(model))
     images = model.decode(z)
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    ax.imshow(image_grid(images.reshape(-1, *model.input_shape), n, pad=0), cmap="gray_r", vmin=0, vmax=1,
-              extent=(-limit, limit, -limit, limit), interpolation="nearest")
+    show_images(ax, image_grid(images.reshape(-1, *model.input_shape), n, pad=0),
+                extent=(-limit, limit, -limit, limit))
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(f"decoder means over [-{limit:g}, {limit:g}]²", fontsize=9)
@@ -240,8 +201,6 @@ def unit_statistics(model, x: Tensor) -> dict[str, np.ndarray]:
 
 def plot_unit_kl(model, x: Tensor, path: Path) -> Path:
     """KL per latent unit and the variance of its posterior mean (active: > 0.01, Burda et al. 2015)."""
-    from model.evaluation.evaluate import ACTIVE_UNIT_THRESHOLD
-
     plt = pyplot()
     stats = unit_statistics(model, x)
     units = np.arange(len(stats["kl"]))
@@ -254,22 +213,10 @@ def plot_unit_kl(model, x: Tensor, path: Path) -> Path:
     axes[1].set_yscale("log")
     axes[1].set_title(f"Var_x E_q[z_d]: {int(active.sum())} of {len(units)} units active (> {ACTIVE_UNIT_THRESHOLD})",
                       fontsize=9)
-    from matplotlib.ticker import MaxNLocator
-
     for ax in axes:
         ax.set_xlabel("latent unit")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save_figure(fig, path)
-
-
-def _kind_plots(kind: str):
-    """The kind-specific plot function from model.analysis.kind_plots, or (None, why not)."""
-    if importlib.util.find_spec("model.analysis.kind_plots") is None:
-        return None, "model.analysis.kind_plots does not exist"
-    registry = getattr(importlib.import_module("model.analysis.kind_plots"), "KIND_PLOTS", {})
-    if kind not in registry:
-        return None, f"model.analysis.kind_plots.KIND_PLOTS has no entry for kind {kind!r}"
-    return registry[kind], ""
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bool = False,
@@ -283,10 +230,6 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bo
         data_dir: where the run's data set lives, if not where its config says.
         only: names among `GAUSSIAN_PLOTS` to draw (default: all that apply to the run).
     """
-    from model.io.atomic import read_jsonl
-    from model.runs.checkpoint import METRICS, load_model
-    from model.data.loading import load_data
-
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
     model, config = load_model(run_dir)
@@ -310,90 +253,18 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bo
         written.append(plot_samples(model, x, out / "samples.png"))
     if "latent" in wanted:
         written.append(plot_latent(model, x, y, out / "latent.png", tsne=tsne, seed=config.seed))
-    if config.model.kind == "gaussian":
+    gaussian = model.capabilities.gaussian_latent
+    if gaussian:
         if "interpolations" in wanted:
             written.append(plot_interpolations(model, x, y, out / "interpolations.png"))
         if "manifold" in wanted and model.latent_features == 2:
             written.append(plot_manifold(model, out / "manifold.png"))
         if "unit_kl" in wanted:
             written.append(plot_unit_kl(model, x, out / "unit_kl.png"))
-    else:
-        plot, why = _kind_plots(config.model.kind)
-        if plot is None:
-            log(f"note: no kind-specific plots for kind {config.model.kind!r} ({why}); drew the generic ones")
-        else:
-            written.extend(Path(p) for p in plot(model, config, test, out))
+    kind_plots = KIND_PLOTS.get(config.model.kind)
+    if kind_plots is not None:
+        written.extend(Path(p) for p in kind_plots(model, config, test, out))
+    elif not gaussian:
+        log(f"note: no kind-specific plots for kind {config.model.kind!r} (model.analysis.kind_plots.KIND_PLOTS "
+            "has no entry for it); drew the generic ones")
     return written
-
-
-# --- sweep plots -----------------------------------------------------------------------------
-
-def plot_overlaid_curves(curves: dict[str, Sequence[dict]], path: Path, title: str = "") -> Path:
-    """Learning curves of several runs on shared axes: validation solid, training dotted."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for i, (name, metrics) in enumerate(curves.items()):
-        if not metrics:
-            continue
-        epochs = [m["epoch"] for m in metrics]
-        for ax, (key, _) in zip(axes, CURVES):
-            ax.plot(epochs, [m["validation"][key] for m in metrics], "-", marker=".", ms=3, color=f"C{i % 10}",
-                    label=name)
-            ax.plot(epochs, [m["train"][key] for m in metrics], ":", color=f"C{i % 10}", lw=0.8)
-    for ax, (key, label) in zip(axes, CURVES):
-        ax.set_title(f"{label} (validation solid, training dotted)", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if key != "kl":
-            values = [m["validation"][key] for ms in curves.values() for m in ms[1:]]
-            low, high = (float(np.percentile(values, 2)), float(max(values))) if values else (0.0, 0.0)
-            if high > low:  # the first epoch's value would squash the rest of the curve
-                ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
-    axes[0].set_ylabel("nats per image")
-    axes[2].legend(fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
-
-
-def plot_rate_distortion(points: dict[str, tuple[float, float]], path: Path, title: str = "") -> Path:
-    """Each run as (rate, distortion) = (test KL, −log p(x|z)); lines of equal ELBO run at −45°."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    rates = [r for r, _ in points.values()]
-    distortions = [d for _, d in points.values()]
-    for i, (name, (rate, distortion)) in enumerate(points.items()):
-        ax.scatter([rate], [distortion], color=f"C{i % 10}", zorder=3)
-        ax.annotate(name, (rate, distortion), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    low, high = min(r + d for r, d in zip(rates, distortions)), max(r + d for r, d in zip(rates, distortions))
-    span = np.array([0.0, max(rates) * 1.1 + 1])
-    for level in np.linspace(low, high, 4):
-        ax.plot(span, level - span, color="0.8", lw=0.7, zorder=1)
-    ax.set_xlim(-0.5, max(rates) * 1.1 + 1)
-    ax.set_ylim(min(distortions) * 0.95, max(distortions) * 1.05)
-    ax.set_xlabel("rate: KL(q(z|x) || p(z)) (nats)")
-    ax.set_ylabel("distortion: −log p(x|z) (nats)")
-    ax.set_title(title or "rate–distortion (grey: equal −ELBO)", fontsize=9)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
-
-
-# --- command ---------------------------------------------------------------------------------
-
-def _plot_command(args: argparse.Namespace) -> int:
-    written = plot_run(args.run_dir, args.out, tsne=args.tsne, images=args.images, data_dir=args.data_dir,
-                       only=args.only)
-    for path in written:
-        print(path)
-    return 0
-
-
-def register(commands) -> None:
-    plot = commands.add_parser("plot", help="draw a run's plots as PNG files under RUN_DIR/plots")
-    plot.add_argument("run_dir")
-    plot.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots)")
-    plot.add_argument("--tsne", action="store_true", help="add a t-SNE projection for more than two latent units")
-    plot.add_argument("--images", type=int, default=2000, help="test images for the latent plots (default: 2000)")
-    plot.add_argument("--data-dir", help="where the run's data set lives, if not where its config says")
-    plot.add_argument("--only", nargs="+", choices=GAUSSIAN_PLOTS, help="draw only these plots")
-    plot.set_defaults(handler=_plot_command)

@@ -1,18 +1,26 @@
 """Comparing the runs of a sweep: one table, overlaid learning curves, and a Markdown report.
 
-`write_comparison(SWEEP_DIR)` (called by `vae sweep`) writes comparison.json, comparison.md,
-learning_curves.png and rate_distortion.png. `vae report SWEEP_DIR` adds every run's plots and
-report.md, which holds the tables (overall and per class), the training budget and the figures.
+`write_comparison(SWEEP_DIR)` (which `vae sweep` calls after `run_sweep`) writes comparison.json,
+comparison.md, learning_curves.png and rate_distortion.png. `write_report(SWEEP_DIR)` (`vae report`)
+adds every run's plots and report.md, which holds the tables (overall and per class), the training
+budget and the figures. The sweep directory's layout and record are `model.analysis.sweep`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.analysis.sweep import RUNS_DIR, SWEEP_FILE, SweepError
+import torch
+
+from model.analysis.plots import plot_run
+from model.analysis.sweep import RUNS_DIR, load_shared, read_sweep_record
+from model.analysis.sweep_plots import plot_overlaid_curves, plot_rate_distortion
+from model.config.train import TrainConfig
+from model.data.base import DataBundle, Split
+from model.io.atomic import read_jsonl, write_bytes, write_json
+from model.runs.checkpoint import CONFIG, EVALUATION, METRICS, is_complete, load_checkpoint
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
@@ -35,21 +43,8 @@ class RunSummary:
     error: str | None = None
 
 
-def read_sweep_record(sweep_dir: str | Path) -> dict:
-    path = Path(sweep_dir) / SWEEP_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SweepError(f"{path}: missing; expected a sweep directory written by `vae sweep`") from None
-    except json.JSONDecodeError as error:
-        raise SweepError(f"{path}: damaged, not valid JSON ({error})") from error
-
-
 def collect(sweep_dir: str | Path) -> tuple[dict, list[RunSummary]]:
     """The sweep record and a summary of each of its runs, in the sweep file's order."""
-    from model.io.atomic import read_jsonl
-    from model.runs.checkpoint import CONFIG, EVALUATION, METRICS, is_complete
-
     sweep_dir = Path(sweep_dir)
     record = read_sweep_record(sweep_dir)
     runs = []
@@ -119,7 +114,8 @@ def comparison_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['run']} | {r['changes']} | {_fmt(r['test_elbo'])} | {_fmt(r['iwae_log_px'])} ({r['iwae_k']}) "
             f"| {_fmt(r['test_kl'])} | {_fmt(r['test_log_px'])} | {r['active_units']}/{r['latent_units']} "
-            f"| {_fmt(r['latent_accuracy'], 3)} | {_fmt(r['pixel_accuracy'], 3)} | {_fmt(r['reconstruction_mse'], 4)} | {r['epochs']} "
+            f"| {_fmt(r['latent_accuracy'], 3)} | {_fmt(r['pixel_accuracy'], 3)} "
+            f"| {_fmt(r['reconstruction_mse'], 4)} | {r['epochs']} "
             f"| {_fmt(r['seconds'], 0)} |")
     return "\n".join(lines)
 
@@ -155,12 +151,8 @@ def curve_table(runs: list[RunSummary], epochs=(1, 2, 5, 10, 20, 50, 100)) -> st
     return "\n".join(lines)
 
 
-def confusion_summary(run_dir: Path, test) -> dict[str, dict] | None:
+def confusion_summary(run_dir: Path, test: Split) -> dict[str, dict] | None:
     """Per digit: recall of the run's latent classifier on the test set and the digit it most often says instead."""
-    import torch
-
-    from model.runs.checkpoint import load_checkpoint
-
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.classifier is None:
         return None
@@ -205,9 +197,6 @@ def kind_table(rows: list[dict]) -> str:
 
 def write_comparison(sweep_dir: str | Path) -> list[Path]:
     """comparison.json, comparison.md, learning_curves.png and rate_distortion.png in SWEEP_DIR."""
-    from model.io.atomic import write_bytes, write_json
-    from model.analysis.plots import plot_overlaid_curves, plot_rate_distortion
-
     sweep_dir = Path(sweep_dir)
     record, runs = collect(sweep_dir)
     rows = [comparison_row(r) for r in runs]
@@ -245,14 +234,27 @@ def _budget(record: dict, runs: list[RunSummary]) -> str:
     return "\n".join(lines)
 
 
+def _run_sections(sweep_dir: Path, runs: list[RunSummary], *, tsne: bool, log) -> tuple[list[str], dict]:
+    """Each run's plots (drawn under SWEEP_DIR/report/NAME) as Markdown, and its classifier's confusions."""
+    parts, confusions = ["## Runs", ""], {}
+    cache: dict[tuple, DataBundle] = {}
+    for run in runs:
+        if run.status != "complete":
+            parts += [f"### {run.name}", "", f"{run.status}: {run.error or 'no complete run'}", ""]
+            continue
+        data = load_shared(TrainConfig.from_dict(run.config), cache)
+        written = plot_run(run.path, sweep_dir / REPORT_DIR / run.name, tsne=tsne, data=data, log=log)
+        parts += [f"### {run.name} ({_changes(run)})", ""]
+        parts += [f"![{p.stem}]({p.relative_to(sweep_dir).as_posix()})" for p in written]
+        parts.append("")
+        confusion = confusion_summary(run.path, data.test)
+        if confusion is not None:
+            confusions[run.name] = confusion
+    return parts, confusions
+
+
 def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = False, log=print) -> Path:
     """Write SWEEP_DIR/report.md with the comparison, per-class table, budget and figures."""
-    from model.io.atomic import write_bytes
-    from model.config.train import TrainConfig
-    from model.data.loading import load_data
-    from model.analysis.plots import plot_run
-    from model.analysis.sweep import DATA_FIELDS
-
     sweep_dir = Path(sweep_dir)
     write_comparison(sweep_dir)
     record, runs = collect(sweep_dir)
@@ -274,24 +276,7 @@ def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = 
     if per_class:
         parts += ["## Per digit (reconstruction MSE / IWAE log p(x))", "", per_class, ""]
     if run_plots:
-        run_parts, confusions = ["## Runs", ""], {}
-        cache: dict[tuple, object] = {}
-        for run in runs:
-            if run.status != "complete":
-                run_parts += [f"### {run.name}", "", f"{run.status}: {run.error or 'no complete run'}", ""]
-                continue
-            config = TrainConfig.from_dict(run.config)
-            key = tuple(str(getattr(config, f)) for f in DATA_FIELDS)
-            if key not in cache:
-                cache[key] = load_data(config)
-            out = sweep_dir / REPORT_DIR / run.name
-            written = plot_run(run.path, out, tsne=tsne, data=cache[key], log=log)
-            run_parts += [f"### {run.name} ({_changes(run)})", ""]
-            run_parts += [f"![{p.stem}]({p.relative_to(sweep_dir).as_posix()})" for p in written]
-            run_parts.append("")
-            confusion = confusion_summary(run.path, cache[key].test)
-            if confusion is not None:
-                confusions[run.name] = confusion
+        run_parts, confusions = _run_sections(sweep_dir, runs, tsne=tsne, log=log)
         if confusions:
             parts += ["## Latent classifier per digit (test recall, → the digit most often predicted instead)", "",
                       confusion_table(confusions), ""]
@@ -299,17 +284,3 @@ def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = 
     path = sweep_dir / REPORT_MD
     write_bytes(path, "\n".join(parts).encode())
     return path
-
-
-def _report_command(args: argparse.Namespace) -> int:
-    path = write_report(args.sweep_dir, run_plots=not args.no_run_plots, tsne=args.tsne)
-    print(f"report written to {path}")
-    return 0
-
-
-def register(commands) -> None:
-    report = commands.add_parser("report", help="write a sweep's Markdown report with tables and figures")
-    report.add_argument("sweep_dir", help="a directory written by `vae sweep`")
-    report.add_argument("--no-run-plots", action="store_true", help="only the sweep's tables and overlaid plots")
-    report.add_argument("--tsne", action="store_true", help="add t-SNE to the latent plots of runs with > 2 units")
-    report.set_defaults(handler=_report_command)

@@ -1,37 +1,33 @@
 """Sweeps: a declarative TOML file of runs, each a variation of a base TrainConfig.
 
-    name = "exercise-4-beta"
-    description = "The KL weight beta: reconstruction against rate."
+A file has a `name`, a `description`, a [base] table of TrainConfig fields (flat names, as in
+config.json), an optional [quick] table of overrides for quick mode, and [[runs]] tables, each a
+`name` and the fields it changes (`vae sweep --help` shows one; the shipped sweeps are in sweeps/).
 
-    [base]                 # TrainConfig fields, as in config.json
-    dataset = "mnist"
-    data_dir = "../shared/data/mnist"
-    classes = [3, 7]
-    epochs = 20
-
-    [quick]                # optional: extra overrides for `vae sweep --quick`
-    train_subset = 128
-
-    [[runs]]
-    name = "beta-0"
-    beta = 0.0
-
-`vae sweep FILE` trains every run into SWEEP_DIR/runs/NAME (a complete run with the same config
-is skipped, an incomplete one resumed), records the sweep in SWEEP_DIR/sweep.json and writes the
-comparison (see `model.analysis.report`). `--quick` swaps the data for a few hundred embedded digits and
-one epoch, so CI runs any sweep in seconds.
+`run_sweep(sweep, SWEEP_DIR)` trains every run into SWEEP_DIR/runs/NAME (a complete run with the
+same config is skipped, an incomplete one resumed) and records the sweep in SWEEP_DIR/sweep.json,
+which `read_sweep_record` reads back; `model.analysis.report` compares the runs. Quick mode swaps
+the data for a few hundred embedded digits and one epoch, so CI runs any sweep in seconds.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import re
 import time
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from model.config.train import TrainConfig
+from model.config.train import DataConfig, TrainConfig
+from model.data.base import DataBundle
+from model.data.loading import load_data
+from model.io.atomic import write_json
+from model.runs import checkpoint as ckpt
+from model.runs.errors import TrainingError
+from model.runs.train import RECORDED, train
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -42,8 +38,8 @@ QUICK_OVERRIDES: dict[str, Any] = {
 }
 _TOP_LEVEL = {"name", "description", "base", "quick", "runs"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# Fields that decide which images a run sees: runs that agree on them share one loaded DataBundle.
-DATA_FIELDS = ("dataset", "data_dir", "classes", "binarize", "validation_fraction", "train_subset", "labels", "seed")
+# What `load_data` reads, the data section and the seed: runs that agree on these share one loaded DataBundle.
+DATA_FIELDS = (*(f.name for f in fields(DataConfig)), "seed")
 
 
 class SweepError(ValueError):
@@ -78,9 +74,9 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-def _config(fields: dict[str, Any], where: str) -> TrainConfig:
+def _config(values: dict[str, Any], where: str) -> TrainConfig:
     try:
-        return TrainConfig.from_dict(fields)
+        return TrainConfig.from_dict(values)
     except (TypeError, ValueError) as error:
         raise SweepError(f"{where}: {error}") from error
 
@@ -94,8 +90,6 @@ def parse_sweep(text: str, source: str = "<sweep>", *, quick: bool = False,
         quick: apply `QUICK_OVERRIDES` and the file's [quick] table on top of every run.
         overrides: config fields set on the command line (e.g. data_dir); they replace the base's.
     """
-    import tomllib
-
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -129,7 +123,8 @@ def parse_sweep(text: str, source: str = "<sweep>", *, quick: bool = False,
             raise SweepError(f"{where}: the run name {run_name!r} is used twice; names must be unique")
         seen.add(run_name)
         config = _config({**base_fields, **changes, **quick_fields}, f"{where} ({run_name})")
-        parsed.append(SweepRun(run_name, {k: getattr(config, k) for k in changes}, config))
+        flat = config.to_dict()
+        parsed.append(SweepRun(run_name, {k: flat[k] for k in changes}, config))
     return Sweep(name, str(raw.get("description", "")), source, quick, base, tuple(parsed))
 
 
@@ -138,32 +133,65 @@ def load_sweep(path: str | Path, *, quick: bool = False, overrides: dict[str, An
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise SweepError(f"{path}: no such sweep file (expected a TOML file, e.g. sweeps/exercise_4_beta.toml)") from None
+        expected = "expected a TOML file, e.g. sweeps/exercise_4_beta.toml"
+        raise SweepError(f"{path}: no such sweep file ({expected})") from None
     return parse_sweep(text, str(path), quick=quick, overrides=overrides)
 
 
+def read_sweep_record(sweep_dir: str | Path) -> dict:
+    """SWEEP_DIR/sweep.json as `run_sweep` wrote it: the sweep, and each run's status and seconds."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path}: missing; expected a sweep directory written by `vae sweep`") from None
+    except json.JSONDecodeError as error:
+        raise SweepError(f"{path}: damaged, not valid JSON ({error})") from error
+
+
+def data_key(config: TrainConfig) -> tuple:
+    """The values of `DATA_FIELDS`: runs with equal keys see the same images."""
+    flat = config.to_dict()
+    return tuple(flat[name] for name in DATA_FIELDS)
+
+
+def load_shared(config: TrainConfig, cache: dict[tuple, DataBundle]) -> DataBundle:
+    """`load_data(config)`, loaded once per `data_key` in `cache`."""
+    key = data_key(config)
+    if key not in cache:
+        cache[key] = load_data(config)
+    return cache[key]
+
+
 def _differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The fields a saved run differs in from the sweep's; the recorded ones count where the sweep names them."""
     a, b = saved.to_dict(), wanted.to_dict()
-    return sorted(k for k in a if a[k] != b[k])
+    return sorted(k for k in a if a[k] != b[k] and not (k in RECORDED and b[k] is None))
+
+
+def _held(run: SweepRun, run_dir: Path) -> str:
+    """What `run_dir` holds of `run`: "nothing", "incomplete" or "complete" (another config is an error)."""
+    if not (run_dir / ckpt.CONFIG).exists():
+        return "nothing"
+    differing = _differences(TrainConfig.load(run_dir / ckpt.CONFIG), run.config)
+    if differing:
+        raise SweepError(f"{run_dir} holds a run with other settings ({', '.join(differing)}) than the sweep's "
+                         f"{run.name!r}; remove it or choose another --out")
+    return "complete" if ckpt.is_complete(run_dir) else "incomplete"
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path, *, only: tuple[str, ...] = (), progress: bool = False,
-              log=print) -> Path:
-    """Train every run of `sweep` under `out_dir/runs/`, then write the comparison.
+              log: Callable[[str], object] = print) -> Path:
+    """Train every run of `sweep` under `out_dir/runs/`, recording each one's status in sweep.json.
 
     Complete runs whose config equals the requested one are skipped; incomplete ones are resumed;
     a directory holding a different config is an error (a sweep never mixes experiments). A run
-    whose training fails is recorded as failed and the sweep goes on.
+    whose training fails is recorded as failed and the sweep goes on. Runs that agree on
+    `DATA_FIELDS` share one loaded DataBundle.
 
     Returns:
         The sweep directory.
     """
-    from model.runs import checkpoint as ckpt
-    from model.io.atomic import write_json
-    from model.data.loading import load_data
-    from model.analysis.report import read_sweep_record, write_comparison
-    from model.runs.train import TrainingError, train
-
     out = Path(out_dir)
     unknown = sorted(set(only) - {r.name for r in sweep.runs})
     if unknown:
@@ -174,31 +202,21 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, only: tuple[str, ...] = (), 
         entry.update({k: v for k, v in previous.get(entry["name"], {}).items() if k in ("status", "seconds", "error")})
     write_json(out / SWEEP_FILE, record)
 
-    data_cache: dict[tuple, Any] = {}
+    data_cache: dict[tuple, DataBundle] = {}
     for run, entry in zip(sweep.runs, record["runs"]):
         if only and run.name not in only:
             continue
         run_dir = out / RUNS_DIR / run.name
-        resume = False
-        if (run_dir / ckpt.CONFIG).exists():
-            saved = TrainConfig.load(run_dir / ckpt.CONFIG)
-            differing = _differences(saved, run.config)
-            if differing:
-                raise SweepError(
-                    f"{run_dir} holds a run with other settings ({', '.join(differing)}) than the sweep's "
-                    f"{run.name!r}; remove it or choose another --out")
-            if ckpt.is_complete(run_dir):
-                log(f"[{run.name}] complete, skipped")
-                entry["status"] = entry.get("status", "complete")
-                continue
-            resume = True
-        key = tuple(str(getattr(run.config, f)) for f in DATA_FIELDS)
-        if key not in data_cache:
-            data_cache[key] = load_data(run.config)
+        held = _held(run, run_dir)
+        if held == "complete":
+            log(f"[{run.name}] complete, skipped")
+            entry["status"] = entry.get("status", "complete")
+            continue
+        data = load_shared(run.config, data_cache)
         log(f"[{run.name}] training ({', '.join(f'{k}={v}' for k, v in entry['changes'].items()) or 'base'})")
         started = time.perf_counter()
         try:
-            train(run.config, run_dir, resume=resume, progress=progress, data=data_cache[key])
+            train(run.config, run_dir, resume=held == "incomplete", progress=progress, data=data)
         except TrainingError as error:
             entry.update(status="failed", error=str(error), seconds=round(time.perf_counter() - started, 1))
             log(f"[{run.name}] failed: {error}")
@@ -208,7 +226,6 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, only: tuple[str, ...] = (), 
             log(f"[{run.name}] done in {entry['seconds']:.0f} s")
         write_json(out / SWEEP_FILE, record)
     write_json(out / SWEEP_FILE, record)
-    write_comparison(out)
     return out
 
 
@@ -218,8 +235,6 @@ def default_out(sweep: Sweep) -> Path:
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
     """`["epochs=100", "classes=[0, 1]"]` → `{"epochs": 100, "classes": [0, 1]}` (values are TOML)."""
-    import tomllib
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -230,36 +245,3 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             out[key.strip()] = value  # a bare word such as data_dir=/data/mnist is a string
     return out
-
-
-def _sweep_command(args: argparse.Namespace) -> int:
-    overrides = parse_assignments(args.set or [])
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
-    sweep = load_sweep(args.file, quick=args.quick, overrides=overrides)
-    out = Path(args.out) if args.out else default_out(sweep)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    run_sweep(sweep, out, only=tuple(args.only or ()), progress=not args.quiet)
-    print(f"sweep {sweep.name!r} ({len(sweep.runs)} runs) written to {out} in {time.perf_counter() - started:.0f} s; "
-          f"comparison in {out / 'comparison.md'}")
-    return 0
-
-
-def register(commands) -> None:
-    sweep = commands.add_parser("sweep", help="train the runs of a sweep file and compare them",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sweep.add_argument("file", help="sweep file (TOML), e.g. sweeps/exercise_4_beta.toml")
-    sweep.add_argument("--out", help="sweep directory (default: runs/sweeps/NAME)")
-    sweep.add_argument("--quick", action="store_true",
-                       help="a few hundred embedded digits, one epoch: the whole sweep in seconds (CI)")
-    sweep.add_argument("--data-dir", help="replace the base config's data_dir")
-    sweep.add_argument("--set", nargs="+", metavar="FIELD=VALUE",
-                       help="replace base config fields, e.g. --set epochs=100 train_subset=20000")
-    sweep.add_argument("--only", nargs="+", metavar="NAME", help="train only these runs")
-    sweep.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
-    sweep.set_defaults(handler=_sweep_command)

@@ -1,1 +1,1 @@
-"""bench"""
+"""Benchmarks of trained-model quality (`vae bench`)."""

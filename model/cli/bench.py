@@ -1,0 +1,84 @@
+"""`vae bench anomaly`: the AUROC of every anomaly score, one-class and out-of-distribution.
+
+Its flags are `model.bench.config.BenchConfig`'s fields (`model.config.base.add_arguments`), plus
+what only the command has: the CI preset (--quick), where the report goes, and --render, which
+prints stored reports (and with --write-rankings, ranks the scores per data set from them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from model.bench import config as bench_config
+from model.bench.config import QUICK, BenchConfig
+from model.bench.rankings import write_rankings
+from model.config.base import add_arguments, given_arguments
+from model.io.atomic import write_bytes, write_json
+
+
+def register(commands) -> None:
+    bench = commands.add_parser("bench", help="benchmarks of trained-model quality")
+    benchmarks = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    parser = benchmarks.add_parser("anomaly", help="AUROC of every anomaly score, one-class and out-of-distribution",
+                              description=bench_config.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="CI preset: embedded digits, classes 0 and 1, small model; "
+                             "fails if −L_K's AUROC < --min-auroc")
+    parser.add_argument("--min-auroc", type=float, default=0.9, help="--quick fails below this mean AUROC")
+    parser.add_argument("--out", default="runs/bench/anomaly.json",
+                        help="JSON report (a .md table is written beside it)")
+    parser.add_argument("--render", nargs="+", metavar="JSON",
+                        help="print the Markdown tables of these reports, merged, and run nothing")
+    parser.add_argument("--write-rankings", metavar="PATH",
+                        help="with --render: rank each data set's scores by the mean of its one-class and OOD "
+                             "AUROCs and write them as JSON, e.g. model/anomaly/rankings.json (the served default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_arguments(parser, BenchConfig, BenchConfig())
+    parser.set_defaults(handler=anomaly)
+
+
+def anomaly(args: argparse.Namespace) -> int:
+    # Keeps scikit-learn (the AUROC) and the training stack off `vae serve`'s path: the serve image
+    # has neither.
+    from model.bench.anomaly import merge, run
+    from model.bench.render import markdown
+
+    if args.render:
+        report = merge([json.loads(Path(path).read_text()) for path in args.render])
+        print(markdown(report))
+        if args.write_rankings:
+            ranked = write_rankings(report["summary"], args.write_rankings)
+            print(f"rankings of {', '.join(ranked['rankings'])} written to {args.write_rankings}")
+        return 0
+    if args.write_rankings:
+        raise ValueError("--write-rankings: expected --render JSON... as well (rankings are read from reports)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = replace(QUICK if args.quick else BenchConfig(),
+                     **given_arguments(args, [f.name for f in fields(BenchConfig)]))
+    out = Path(args.out)
+
+    def save(report: dict) -> None:
+        write_json(out, report)
+        write_bytes(out.with_suffix(".md"), markdown(report).encode())
+
+    command = "vae " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    report = run(config, command=command, on_case=save)
+    print(markdown(report))
+    if args.quick:
+        # The likelihood must beat chance well on one-class digits. The corrected scores are built
+        # for OOD and may not (complexity ranks a "1" model's other digits as normal: they are complex).
+        for benchmark, summary in report["summary"].items():
+            got = summary["mean_auroc"].get("iwae", summary["mean_auroc"][summary["best"]])
+            if got < args.min_auroc:
+                print(f"vae bench anomaly --quick: {benchmark} mean AUROC of −L_K is {got:.3f}, "
+                      f"expected >= {args.min_auroc}", file=sys.stderr)
+                return 1
+    return 0
