@@ -10,16 +10,23 @@
 #                                ├─ serve        (serve-deps + the wheel)
 #                                └─ train-deps ── train (train-deps + the wheel)
 #
-# Dependencies are installed from pyproject.toml alone, before any code is copied, so editing
-# model/ or service/ rebuilds only the small wheel layers. The serve and train images share the
-# base, torch and serve-deps layers.
+# Dependencies are installed from pyproject.toml and requirements/constraints.txt alone, before
+# any code is copied, so editing model/ or service/ rebuilds only the small wheel layers. The serve
+# and train images share the base, torch and serve-deps layers.
+#
+# Versions: every package is pinned by requirements/constraints.txt (scripts/lock.sh), the lock
+# that .venv and CI install from, except torch's own build. The lock holds PyPI's CUDA build of
+# torch (torch, torchvision, nvidia-*, triton, cuda-*); the images take the CPU-only (or the
+# chosen CUDA) build of the same torch version from PyTorch's index, and the torchvision made for
+# it, so those lines are left out here and the installed torch is pinned in their place.
 #
 # Build arguments:
 #   BASE_IMAGE       an image with CPython 3.11 and `python3 -m venv` (default python:3.11-slim)
 #   TORCH_INDEX_URL  PyTorch's wheel index; .../whl/cpu keeps the images small, .../whl/cu128
 #                    (or another CUDA tag) gives CUDA wheels; empty: the `torch-*.whl` in
 #                    docker/wheels/ if there is one, else PyPI
-#   TORCH_VERSION    pin torch (default: the newest the index has)
+#   TORCH_VERSION    pin torch (default: the version requirements/constraints.txt pins; with no
+#                    index, the newest torch-*.whl in docker/wheels/)
 #   PIP_INDEX_URL    the index for everything else (default PyPI)
 # A build secret `pip_cert` (a CA bundle) is trusted by pip during the build and stored nowhere.
 
@@ -49,26 +56,35 @@ SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
 ARG TORCH_INDEX_URL
 ARG TORCH_VERSION
 ARG PIP_INDEX_URL
+# /opt/venv/constraints.txt, which every later install obeys, is the lock without the lines of
+# torch's CUDA build, plus the torch installed here: no later install (torchvision) can swap torch
+# for another build, and torch's own dependencies (sympy, filelock, ...) are pinned as well. So a
+# refreshed lock rebuilds this layer too.
 # PyTorch's index is asked first, so that its +cpu / +cuXXX build beats PyPI's default one. With
 # TORCH_INDEX_URL empty (hosts that cannot reach that index), a torch wheel in docker/wheels/ is
-# installed, else PyPI's. The version installed is written to a constraints file, so that later
-# installs (torchvision) can never swap torch for another build.
+# installed, else PyPI's.
 RUN --mount=type=secret,id=pip_cert \
     --mount=type=bind,source=docker/pip-install.sh,target=/usr/local/bin/pip-install \
     --mount=type=bind,source=docker/wheels,target=/tmp/wheels \
+    --mount=type=bind,source=requirements/constraints.txt,target=/tmp/build/constraints.txt \
+    grep -viE '^(torch|torchvision|triton|nvidia-[^=]*|cuda-[^=]*)==' /tmp/build/constraints.txt \
+        > /opt/venv/constraints.txt; \
+    version=${TORCH_VERSION:-$(sed -n 's/^torch==//p' /tmp/build/constraints.txt)}; \
     wheel=$(find /tmp/wheels -name "torch-${TORCH_VERSION:-*}[-+]*.whl" | sort | tail -n 1); \
     if [ -n "$TORCH_INDEX_URL" ]; then \
-        pip-install --index-url "$TORCH_INDEX_URL" --extra-index-url "$PIP_INDEX_URL" \
-            "torch${TORCH_VERSION:+==$TORCH_VERSION}"; \
+        pip-install -c /opt/venv/constraints.txt --index-url "$TORCH_INDEX_URL" \
+            --extra-index-url "$PIP_INDEX_URL" "torch${version:+==$version}"; \
     elif [ -n "$wheel" ]; then \
         echo "installing torch from the local wheel $(basename "$wheel")"; \
-        pip-install "$wheel"; \
+        pip-install -c /opt/venv/constraints.txt "$wheel"; \
     else \
-        pip-install "torch${TORCH_VERSION:+==$TORCH_VERSION}"; \
+        pip-install -c /opt/venv/constraints.txt "torch${version:+==$version}"; \
     fi; \
-    python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' \
-        > /opt/venv/constraints.txt; \
-    cat /opt/venv/constraints.txt
+    installed=$(python -c 'import importlib.metadata as m; print(m.version("torch"))'); \
+    echo "torch==$installed" >> /opt/venv/constraints.txt; \
+    locked=$(sed -n 's/^torch==//p' /tmp/build/constraints.txt); \
+    echo "torch $installed installed; the lock has torch==$locked"; \
+    [ "${installed%%+*}" = "$locked" ] || echo "NOTE: not the locked version (TORCH_VERSION or the wheel chose it)"
 
 FROM torch AS serve-deps
 ARG PIP_INDEX_URL

@@ -251,6 +251,15 @@ for image in "$SERVE_IMAGE" "$TRAIN_IMAGE"; do
 done
 [[ $(docker run --rm "$SERVE_IMAGE" id -u) != 0 ]] || die "serve image runs as root"
 [[ $(docker run --rm "$TRAIN_IMAGE" id -u) != 0 ]] || die "train image runs as root"
+# Both images install from requirements/constraints.txt: every package in them is at the locked
+# version, except torch's own build (the CPU wheel and its torchvision; docs/docker.md).
+for image in "$SERVE_IMAGE" "$TRAIN_IMAGE"; do
+    unlocked=$(docker run --rm "$image" python -m pip freeze --disable-pip-version-check |
+        grep -viE '^(torch|torchvision|triton|nvidia-[^=]*|cuda-[^=]*|vae[-_]lab)( @ |==)' |
+        grep -vxFf requirements/constraints.txt || true)
+    [[ -z $unlocked ]] || die "$image holds packages at versions the lock does not pin: $unlocked"
+done
+log "both images hold the locked versions (torch: its own build)"
 if ! docker run --rm "$TRAIN_IMAGE" python -c 'import torchvision' >/dev/null 2>&1; then
     log "NOTE: torchvision does not import in the train image (no torchvision build for this" \
         "torch was at hand), so only --dataset embedded trains in it; with PyTorch's index" \
