@@ -21,6 +21,7 @@ from dataclasses import dataclass
 # builds too, makes the bench's flags from `BenchConfig`.
 from model.anomaly.registry import SCORES
 from model.config.base import raise_problems, setting
+from model.bench.families import FAMILIES
 from model.data.registry import DATASETS
 
 # The out-of-distribution directions the literature reports, (normal, anomalous).
@@ -87,3 +88,21 @@ class BenchConfig:
 # CI: the embedded digits (no download), two classes, a small model, a few epochs.
 QUICK = BenchConfig(benchmarks=("oneclass-embedded",), classes=(0, 1), latent_features=8, hidden=(128, 64),
                     epochs=15, background_epochs=0.5, k=10, regret_steps=10, test_subset=500)
+
+
+@dataclass(frozen=True)
+class OodConfig:
+    """What `vae bench ood` scores."""
+
+    data_root: str = setting("../shared/data", "folder holding the data sets' folders (mnist/, fashion-mnist/)")
+    families: tuple[str, ...] = setting(tuple(FAMILIES), "families of model.bench.families to generate "
+                                                         "(default: all)")
+    scores: tuple[str, ...] | None = setting(None, "scores to report (default: every score the run calibrated)")
+    test_subset: int | None = setting(2000, "score a seeded random subset of this many normal test images "
+                                            "(and as many of each family)")
+    seed: int = setting(0, "seed of the subset and of the families' noise")
+
+    def __post_init__(self):
+        unknown = sorted(set(self.families) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"families: expected some of {sorted(FAMILIES)}, got {unknown}")

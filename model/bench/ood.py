@@ -10,7 +10,6 @@ it is served.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ from sklearn.metrics import roc_auc_score
 
 from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE
 from model.anomaly.scoring import score_split
+from model.bench.config import OodConfig
 from model.bench.families import FAMILIES, HELD_OUT, generate
-from model.config.base import setting
 from model.data.loading import load_data, load_raw
 from model.data.registry import DATASETS
 from model.runs.checkpoint import load_checkpoint
@@ -29,23 +28,6 @@ from model.runs.checkpoint import load_checkpoint
 # are MNIST digits, so they are no anomaly for an MNIST run.
 OTHER_DATASETS = {"mnist": ("fashion-mnist",), "fashion-mnist": ("mnist", "embedded"),
                   "embedded": ("fashion-mnist",)}
-
-
-@dataclass(frozen=True)
-class OodConfig:
-    """What `vae bench ood` scores."""
-
-    data_root: str = setting("../shared/data", "folder holding the data sets' folders (mnist/, fashion-mnist/)")
-    families: tuple[str, ...] = setting(tuple(FAMILIES), "families of model.bench.families to generate")
-    scores: tuple[str, ...] | None = setting(None, "scores to report (default: every score the run calibrated)")
-    test_subset: int | None = setting(2000, "score a seeded random subset of this many normal test images "
-                                            "(and as many of each family)")
-    seed: int = setting(0, "seed of the subset and of the families' noise")
-
-    def __post_init__(self):
-        unknown = sorted(set(self.families) - set(FAMILIES))
-        if unknown:
-            raise ValueError(f"families: expected some of {sorted(FAMILIES)}, got {unknown}")
 
 
 def _auroc(normal: np.ndarray, other: np.ndarray) -> float:

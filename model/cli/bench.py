@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from model.bench import config as bench_config
-from model.bench.config import QUICK, BenchConfig
+from model.bench.config import QUICK, BenchConfig, OodConfig
 from model.bench.rankings import write_rankings
 from model.config.base import add_arguments, given_arguments
 from model.io.atomic import write_bytes, write_json
@@ -42,6 +42,18 @@ def register(commands) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     add_arguments(parser, BenchConfig, BenchConfig())
     parser.set_defaults(handler=anomaly)
+
+    ood = benchmarks.add_parser(
+        "ood", help="a trained run's scores against 18 kinds of out-of-distribution images and other data sets",
+        description="Scores the run's normal test images against the families of model.bench.families "
+                    "(noise, blank and saturated images, flips, rotations, photometric changes, corruptions) "
+                    "and the other data sets: the AUROC of each calibrated score and the share its 1 % "
+                    "threshold flags. The held-out families are reported apart.")
+    ood.add_argument("run_dir", help="a complete run directory (trained with `vae train`)")
+    ood.add_argument("--out", default=None, help="write the results as JSON here (a .md table beside it)")
+    ood.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_arguments(ood, OodConfig, OodConfig())
+    ood.set_defaults(handler=ood_suite)
 
 
 def anomaly(args: argparse.Namespace) -> int:
@@ -81,4 +93,19 @@ def anomaly(args: argparse.Namespace) -> int:
                 print(f"vae bench anomaly --quick: {benchmark} mean AUROC of −L_K is {got:.3f}, "
                       f"expected >= {args.min_auroc}", file=sys.stderr)
                 return 1
+    return 0
+
+
+def ood_suite(args: argparse.Namespace) -> int:
+    # Scoring a run imports scikit-learn (the AUROC) and the data loaders: off `vae serve`'s path.
+    from model.bench.ood import render, run_ood
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run_ood(args.run_dir, replace(OodConfig(), **given_arguments(args, [f.name for f in fields(OodConfig)])))
+    table = render(result)
+    if args.out:
+        write_json(Path(args.out), result)
+        write_bytes(Path(args.out).with_suffix(".md"), (table + "\n").encode())
+    print(table)
     return 0
