@@ -38,8 +38,8 @@ SCORES: dict[str, Score] = {score.name: score for score in (
           "(Xiao et al. 2020)", requires="gaussian_latent"),
 )}
 SCORES["combined"] = Score(
-    "combined", partial(combined.combined, SCORES), "the largest of −L_K and the relative reconstruction error, "
-    "each standardised by its median and IQR on held-out normal images", uses_k=True,
+    "combined", partial(combined.combined, SCORES), "the largest of the relative reconstruction error, complexity "
+    "and excess, each standardised by its median and IQR on held-out normal images", uses_k=True,
     components=combined.COMPONENTS)
 # The scores built on −L_K(x): `model.anomaly.scoring.score_split` computes the bound once for them.
 NLL_SCORES: tuple[str, ...] = ("iwae", *(name for name, score in SCORES.items() if score.correction is not None))
