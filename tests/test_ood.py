@@ -60,3 +60,28 @@ def test_the_suite_scores_a_run_as_it_is_served(tiny_run):
     with pytest.raises(ValueError, match="the run calibrated"):
         run_ood(tiny_run, OodConfig(families=families, scores=("nope",)))
     assert np.isfinite(result["seconds"])
+
+
+def test_rankings_follow_the_worst_visible_family_not_the_mean(tmp_path):
+    from model.bench.rankings import update_rankings, worst_case_ranking
+
+    def fam(auroc, flagged=0.5):
+        return {"auroc": auroc, "flagged": flagged}
+
+    result = {"dataset": "mnist", "held_out": ["zigzag"], "scores": {
+        "steady": {"normal": {"flagged": 0.01}, "noise": fam(0.96), "blank": fam(0.95), "zigzag": fam(0.1)},
+        "brilliant_but_blind": {"normal": {"flagged": 0.01}, "noise": fam(1.0), "blank": fam(0.6),
+                                "zigzag": fam(1.0)},
+        "steady_rarely_flags": {"normal": {"flagged": 0.01}, "noise": fam(0.96), "blank": fam(0.95, 0.1),
+                                "zigzag": fam(1.0)},
+    }}
+    # Means would put brilliant_but_blind first (0.80 against 0.955); the worst case puts it last, and
+    # a held-out family (zigzag) does not count.
+    assert list(worst_case_ranking(result)) == ["steady", "steady_rarely_flags", "brilliant_but_blind"]
+    path = tmp_path / "rankings.json"
+    path.write_text('{"source": "bench", "rankings": {"fashion-mnist": ["excess"]}, "means": {"mnist": {}}}')
+    written = update_rankings(result, path)
+    assert written["rankings"] == {"fashion-mnist": ["excess"],
+                                   "mnist": ["steady", "steady_rarely_flags", "brilliant_but_blind"]}
+    assert "mnist" not in written["means"] and written["worst_case"]["mnist"]["steady"] == {"auroc": 0.95,
+                                                                                            "flagged": 0.5}

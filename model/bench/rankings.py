@@ -12,6 +12,7 @@ kinds of benchmark are ranked.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from model.bench.config import ALL_SCORES, benchmark_data
@@ -60,5 +61,37 @@ def write_rankings(summary: dict[str, dict], path: str | Path, source: str = SOU
     if not ranked["rankings"]:
         raise ValueError(f"no data set has both a one-class and an out-of-distribution benchmark in these reports "
                          f"(got {sorted(summary)}); expected e.g. oneclass-mnist with mnist-vs-fashion-mnist")
+    write_json(path, ranked)
+    return ranked
+
+
+WORST_CASE = ("vae bench ood RUN --write-rankings: the scores ranked by their worst AUROC over the suite's "
+              "visible families (held-out ones apart), ties by their worst flag rate at 1 % false positives")
+
+
+def worst_case_ranking(result: dict) -> dict[str, dict[str, float]]:
+    """A `vae bench ood` result's scores, best worst case first: {score: {"auroc", "flagged"}}.
+
+    A score is only as trustworthy as the family it fails worst on, so the ranking reads the minimum
+    over families, never the mean. The held-out families are left out: they check the choice.
+    """
+    per = {}
+    for score, families in result["scores"].items():
+        visible = [v for k, v in families.items() if k != "normal" and k not in result["held_out"]]
+        per[score] = {"auroc": min(v["auroc"] for v in visible), "flagged": min(v["flagged"] for v in visible)}
+    return dict(sorted(per.items(), key=lambda item: (-item[1]["auroc"], -item[1]["flagged"])))
+
+
+def update_rankings(result: dict, path: str | Path) -> dict:
+    """Replace the ranking of the result's data set in the rankings file at `path` by its worst case."""
+    path = Path(path)
+    ranked = json.loads(path.read_text()) if path.exists() else {"source": WORST_CASE, "rankings": {}}
+    worst = worst_case_ranking(result)
+    dataset = result["dataset"]
+    ranked["rankings"][dataset] = list(worst)
+    ranked.setdefault("rules", {})[dataset] = WORST_CASE
+    ranked.setdefault("worst_case", {})[dataset] = {
+        score: {k: round(v, 4) for k, v in values.items()} for score, values in worst.items()}
+    ranked.get("means", {}).pop(dataset, None)
     write_json(path, ranked)
     return ranked

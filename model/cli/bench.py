@@ -18,7 +18,7 @@ import torch
 
 from model.bench import config as bench_config
 from model.bench.config import QUICK, BenchConfig, OodConfig
-from model.bench.rankings import write_rankings
+from model.bench.rankings import update_rankings, write_rankings
 from model.config.base import add_arguments, given_arguments
 from model.io.atomic import write_bytes, write_json
 
@@ -52,6 +52,9 @@ def register(commands) -> None:
     ood.add_argument("run_dir", help="a complete run directory (trained with `vae train`)")
     ood.add_argument("--out", default=None, help="write the results as JSON here (a .md table beside it)")
     ood.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ood.add_argument("--write-rankings", metavar="PATH",
+                     help="rank the scores by their worst visible family and make that the run's data set's "
+                          "ranking in PATH, e.g. model/anomaly/rankings.json (the served default)")
     add_arguments(ood, OodConfig, OodConfig())
     ood.set_defaults(handler=ood_suite)
 
@@ -104,6 +107,9 @@ def ood_suite(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     result = run_ood(args.run_dir, replace(OodConfig(), **given_arguments(args, [f.name for f in fields(OodConfig)])))
     table = render(result)
+    if args.write_rankings:
+        update_rankings(result, args.write_rankings)
+        print(f"{result['dataset']}'s ranking written to {args.write_rankings}", file=sys.stderr)
     if args.out:
         write_json(Path(args.out), result)
         write_bytes(Path(args.out).with_suffix(".md"), (table + "\n").encode())
