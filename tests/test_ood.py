@@ -85,3 +85,16 @@ def test_rankings_follow_the_worst_visible_family_not_the_mean(tmp_path):
                                    "mnist": ["steady", "steady_rarely_flags", "brilliant_but_blind"]}
     assert "mnist" not in written["means"] and written["worst_case"]["mnist"]["steady"] == {"auroc": 0.95,
                                                                                             "flagged": 0.5}
+
+
+def test_the_ood_command_writes_its_table_and_results(tiny_run, tmp_path, capsys):
+    from model.cli.main import main
+
+    out = tmp_path / "ood.json"
+    assert main(["bench", "ood", str(tiny_run), "--families", "blank", "saturated", "--scores", "iwae", "combined",
+                 "--test-subset", "40", "--out", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["families"] == ["blank", "saturated"] and set(result["scores"]) == {"iwae", "combined"}
+    assert out.with_suffix(".md").read_text().strip() == capsys.readouterr().out.strip()
