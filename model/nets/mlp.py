@@ -1,4 +1,4 @@
-"""Multilayer perceptrons: the course's network family (784-256-128-2·latent and its mirror).
+"""Multilayer perceptrons: the course's network family (pixels-256-128-2·latent and its mirror).
 
 Inputs are flattened and outputs unflattened here, so the latent kinds never reshape images.
 State-dict keys are those of a plain `nn.Sequential` of the layers (`encoder.0.weight`, ...).

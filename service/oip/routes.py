@@ -30,7 +30,7 @@ from service.oip.codec import (
     IGNORED_PARAMETERS, OIP_NAMES, PER_REQUEST_OUTPUTS, VERSION, encode_response, read_infer_request, tensor_array,
 )
 from service.oip.types import (
-    InferRequest, InferResponse, ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse, ServerMetadataResponse,
+    EXAMPLE_PIXELS, InferRequest, InferResponse, ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse, ServerMetadataResponse,
     ServerReadyResponse,
 )
 from service.state import Service, ServiceDep
@@ -209,7 +209,8 @@ async def _infer(service: Service, request: Request, model: str, model_version: 
 
 INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": InferRequest.model_json_schema(),
-    "example": {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}],
+    "example": {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, EXAMPLE_PIXELS],
+                "data": [0.0] * EXAMPLE_PIXELS}],
                 "parameters": {"seed": 0}}}}}}
 INFER_RESPONSES = {
     200: {"description": "the outputs, as JSON or (when binary outputs are asked for) as a JSON header of "
