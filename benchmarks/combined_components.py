@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from model.anomaly.scoring import score_split
+from model.bench.anomaly import auroc
 from model.bench.families import FAMILIES, HELD_OUT, generate
 from model.bench.ood import OTHER_DATASETS, _subset
 from model.data.loading import load_data, load_raw
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                 if key in ("calibration", "normal"):
                     continue
                 labels = np.r_[np.zeros(len(z["normal"])), np.ones(len(z[key]))]
-                families[key] = {"auroc": float(roc_auc_score(labels, np.r_[z["normal"], z[key]])),
+                families[key] = {"auroc": auroc(np.r_[z["normal"], z[key]], labels),
                                  "flagged": float((z[key] > threshold).mean())}
             rows.append({"components": list(combo), "normal_flagged": float((z["normal"] > threshold).mean()),
                          "worst_auroc": min(f["auroc"] for f in families.values()),

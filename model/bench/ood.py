@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE
 from model.anomaly.scoring import score_split
+from model.bench.anomaly import auroc
 from model.bench.config import OodConfig
 from model.bench.families import FAMILIES, HELD_OUT, generate
 from model.data.loading import load_data, load_raw
@@ -31,8 +31,8 @@ OTHER_DATASETS = {"mnist": ("fashion-mnist",), "fashion-mnist": ("mnist", "embed
 
 
 def _auroc(normal: np.ndarray, other: np.ndarray) -> float:
-    labels = np.r_[np.zeros(len(normal), bool), np.ones(len(other), bool)]
-    return float(roc_auc_score(labels, np.r_[normal, other]))
+    """AUROC of normal images (label 0) against another set (label 1)."""
+    return auroc(np.r_[normal, other], np.r_[np.zeros(len(normal), bool), np.ones(len(other), bool)])
 
 
 def _subset(x: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
