@@ -220,7 +220,9 @@ def test_available_scores_follow_companions_and_the_default_follows_the_benchmar
     without = available_scores(trained)
     assert "likelihood_ratio" not in without and "complexity" in without
     assert "likelihood_ratio" in available_scores(trained, {BACKGROUND: trained})
-    assert default_score(None, without) == "iwae"
+    # A data set the benchmark never ranked (a user's folder): combined, else −L_K.
+    assert default_score(None, without) == default_score("folder", without) == "combined"
+    assert default_score("folder", [s for s in without if s != "combined"]) == "iwae"
     # The rankings by worst family of `vae bench ood` (docs/anomaly.md, "The default score"): the
     # combined score on every data set; a model whose components are not all available falls back.
     for dataset in ("mnist", "fashion-mnist", "embedded"):

@@ -10,6 +10,7 @@ from model import CheckpointError, TrainConfig, load_checkpoint
 from model.runs.checkpoint import ARTEFACTS, COMPANIONS, MANIFEST, TRAINING_STATE
 from model.cli.main import main
 from model.data.base import DataError
+from model.data.batches import training_batches
 from model.data.loading import load_data
 from model.runs.train import TrainingError, train
 
@@ -46,8 +47,9 @@ def test_run_directory_is_complete(run):
 
 def test_checkpoint_round_trips(run, data):
     checkpoint = load_checkpoint(run)
-    # The config round-trips, with the data's shape and labels recorded beside the settings.
-    assert checkpoint.config.replace(input_shape=None, class_labels=None) == TrainConfig.of(**TINY)
+    # The config round-trips, with the data's shape, labels and the network recorded beside the settings.
+    assert checkpoint.config.replace(input_shape=None, class_labels=None, arch=None) == TrainConfig.of(**TINY)
+    assert checkpoint.config.model.arch == "mlp"  # the default for a built-in data set, recorded
     assert checkpoint.config.data.input_shape == (1, 28, 28)
     assert checkpoint.config.data.class_labels == tuple(range(10))
     x = data.test.x[:5]
@@ -174,10 +176,13 @@ def test_class_filter_and_binarization(data):
     filtered = load_data(TrainConfig.of(**{**TINY, "classes": (3, 7)}))
     assert set(filtered.train.y.tolist()) == {3, 7} and set(filtered.test.y.tolist()) == {3, 7}
     static = load_data(TrainConfig.of(**{**TINY, "binarize": "static"}))
-    assert set(torch.unique(static.train.x).tolist()) <= {0.0, 1.0}
+    # Images stay uint8 in memory (batches are scaled to [0, 1]): a binary draw is 0 or 255.
+    assert static.train.x.dtype == torch.uint8 and set(torch.unique(static.train.x).tolist()) <= {0, 255}
     dynamic = load_data(TrainConfig.of(**{**TINY, "binarize": "dynamic"}))
     assert len(torch.unique(dynamic.train.x)) > 2  # drawn afresh each pass
-    assert set(torch.unique(dynamic.test.x).tolist()) <= {0.0, 1.0}
+    assert set(torch.unique(dynamic.test.x).tolist()) <= {0, 255}
+    x, _ = next(training_batches(dynamic.train, 64, "dynamic"))
+    assert x.dtype == torch.float32 and set(torch.unique(x).tolist()) <= {0.0, 1.0}
 
 
 def test_cli_trains_and_reports_errors(tmp_path, capsys):
@@ -200,4 +205,4 @@ def test_real_mnist_from_a_data_directory():
     # COURSE.md: classes [3, 7] have 12,396 training and 2,038 test images.
     assert len(bundle.train) + len(bundle.validation) == 12_396
     assert len(bundle.test) == 2_038
-    assert bundle.train.x.shape[1:] == (1, 28, 28) and 0 <= bundle.train.x.min() and bundle.train.x.max() <= 1
+    assert bundle.train.x.shape[1:] == (1, 28, 28) and bundle.train.x.dtype == torch.uint8

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.manifold import TSNE
 from torch import Tensor
 
+from model.core.preprocess import scale
 from model.analysis.figures import image_grid, pyplot, save_figure, show_images
 from model.analysis.kind_plots import KIND_PLOTS
 from model.analysis.plot_names import GAUSSIAN_PLOTS
@@ -241,7 +242,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bo
         data = load_data(config.replace(data_dir=data_dir) if data_dir else config)
     test = data.test
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.seed))[:images]
-    x, y = test.x[pick], test.y[pick]
+    x, y = scale(test.x[pick]), test.y[pick]
     torch.manual_seed(config.seed)
     written = []
     metrics = read_jsonl(run_dir / METRICS)

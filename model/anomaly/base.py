@@ -31,6 +31,8 @@ class Score:
         then computes −L_K once for all such scores, so they see the same importance samples.
     components: the scores a derived score is made of (`combined`); it is available when they all
         are, and calibration computes it from their values.
+    likelihoods: the observation models (`model.core.likelihoods`) it is meaningful for (None: any);
+        under another it is unavailable rather than wrong.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Score:
     requires: str | None = None
     correction: Correction | None = None
     components: tuple[str, ...] = ()
+    likelihoods: tuple[str, ...] | None = None
 
     def __call__(self, model: nn.Module, x: Tensor, **kwargs) -> Tensor:
         return self.fn(model, x, **kwargs)
@@ -48,6 +51,8 @@ class Score:
     def available_for(self, model: nn.Module, companions: Mapping[str, nn.Module] | None) -> bool:
         """Whether this score can be computed for `model` with these companions."""
         if any(need not in (companions or {}) for need in self.needs):
+            return False
+        if self.likelihoods is not None and model.likelihood.name not in self.likelihoods:
             return False
         return self.requires is None or bool(getattr(model.capabilities, self.requires, False))
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from model.core.preprocess import scale
 from model.anomaly.base import require
 from model.anomaly.calibration import AnomalyCalibration, ScoreCalibration
 from model.anomaly.combined import standardisation, standardise
@@ -51,7 +52,7 @@ def score_split(model: nn.Module, x: Tensor, names, *, k: int, noise: Noise | No
         started = time.perf_counter()
         out = []
         for i in range(0, x.shape[0], batch_size):
-            out.append(fn(x[i:i + batch_size].to(device)).cpu())
+            out.append(fn(scale(x[i:i + batch_size].to(device))).cpu())
             if progress is not None:
                 progress(out[-1].shape[0])
         values[name] = torch.cat(out)

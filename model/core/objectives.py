@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
 from model.core.noise import Noise
+from model.core.preprocess import scale
 
 KLMode = Literal["sampled", "analytic"]
 KL_MODES: tuple[str, ...] = get_args(KLMode)
@@ -88,6 +89,7 @@ class VariationalInference:
         self.kl = kl
 
     def __call__(self, model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor], dict]:
+        x = scale(x)  # uint8 images (a data set in memory) to [0, 1]
         outputs = model(x)
         terms = elbo_terms_from_outputs(x, outputs, self.kl)
         loss = -terms.beta_elbo(self.beta).mean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from model.core.labels import UNLABELLED
+from model.core.preprocess import scale
 from model.data.base import Split
 
 
@@ -14,7 +15,7 @@ def training_batches(split: Split, batch_size: int, binarize: str = "none"):
     order = torch.randperm(n, device=split.x.device)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        x = split.x[idx]
+        x = scale(split.x[idx])
         if binarize == "dynamic":
             x = torch.bernoulli(x)
         yield x, split.y[idx]
@@ -23,7 +24,7 @@ def training_batches(split: Split, batch_size: int, binarize: str = "none"):
 def eval_batches(split: Split, batch_size: int = 1000):
     """Yield (x, y) batches in order."""
     for start in range(0, len(split), batch_size):
-        yield split.x[start:start + batch_size], split.y[start:start + batch_size]
+        yield scale(split.x[start:start + batch_size]), split.y[start:start + batch_size]
 
 
 def labelled_batches(split: Split, batch_size: int, binarize: str = "none"):
@@ -42,7 +43,7 @@ def labelled_batches(split: Split, batch_size: int, binarize: str = "none"):
     n_labelled = min(batch_size, len(with_labels))
     for x, y in training_batches(without, batch_size, binarize):
         pick = torch.randint(len(with_labels), (n_labelled,), device=split.x.device)
-        x_l = with_labels.x[pick]
+        x_l = scale(with_labels.x[pick])
         if binarize == "dynamic":
             x_l = torch.bernoulli(x_l)
         yield torch.cat([x_l, x]), torch.cat([with_labels.y[pick], y])

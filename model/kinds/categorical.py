@@ -15,13 +15,13 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, OneHotCategorical, kl_divergence
+from torch.distributions import Distribution, OneHotCategorical, kl_divergence
 
 from model.config.train import ModelConfig, OptimConfig
 from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
 from model.core.gumbel import one_hot_sample, relaxed_one_hot
 from model.core.images import check_images
-from model.core.likelihoods import bernoulli
+from model.core.likelihoods import get_likelihood
 from model.core.noise import GLOBAL_NOISE, Noise, rsample
 from model.core.objectives import ElboTerms, check_kl_mode, kl_term, reduce_to
 from model.core.schedules import Progress, exponential_temperature, linear_warmup
@@ -71,7 +71,10 @@ class CategoricalVAE(nn.Module):
         config = config or ModelConfig(hidden=tuple(hidden), activation=activation)
         self.encoder = network.encoder(config, self.input_shape,
                                        self.variables * self.categories + 2 * self.gaussian_features)
-        self.decoder = network.decoder(config, self.latent_features, self.input_shape)
+        self.likelihood = get_likelihood(config.likelihood)  # p(x|z) (model.core.likelihoods)
+        self.mixtures = config.mixtures
+        self.decoder = network.decoder(config, self.latent_features,
+                                       self.likelihood.parameter_shape(self.input_shape, self.mixtures))
         # Uniform prior logits over categories and [mu, log_sigma] of N(0, I), as buffers.
         self.register_buffer("prior_logits", torch.zeros(1, self.variables, self.categories))
         self.register_buffer("prior_params", torch.zeros(1, 2 * self.gaussian_features))
@@ -95,9 +98,9 @@ class CategoricalVAE(nn.Module):
         mu, log_sigma = self.prior_params.expand(batch_size, -1).chunk(2, dim=-1)
         return pc, ReparameterizedDiagonalGaussian(mu, log_sigma)
 
-    def observation_model(self, latent: Tensor) -> Bernoulli:
+    def observation_model(self, latent: Tensor) -> Distribution:
         """p(x|c, z) from the flat latent `[c, z]` (..., N·C + G): batch shape (..., *input_shape)."""
-        return bernoulli(self.decoder(latent))
+        return self.likelihood.build(self.decoder(latent), self.mixtures)
 
     def _latent(self, c: Tensor, z: Tensor | None) -> Tensor:
         """Flatten c (..., N, C) and append z (..., G): (..., N·C + G)."""
@@ -181,7 +184,7 @@ class CategoricalVAE(nn.Module):
         return out
 
     def decode(self, z: Tensor) -> Tensor:
-        """Bernoulli means per pixel, shape (N, *input_shape), for latents `[c_1, …, c_N, z]` (N, N·C + G).
+        """Means of p(x|z) per pixel, shape (N, *input_shape), for latents `[c_1, …, c_N, z]` (N, N·C + G).
 
         Each c_n must be a point of the simplex: one-hot, or a relaxed sample.
         """
@@ -197,7 +200,7 @@ class CategoricalVAE(nn.Module):
                 f"(non-negative, summing to 1), got block sums in [{c.sum(-1).min():.4g}, {c.sum(-1).max():.4g}] "
                 f"and minimum {c.min():.4g}"
             )
-        return self.observation_model(z).probs
+        return self.observation_model(z).mean
 
     def sample(self, n: int, noise: Noise | None = None) -> dict[str, Tensor]:
         """n prior samples: one-hot categories and Gaussian units `z` (n, N·C + G), decoded `probs`."""
@@ -206,13 +209,13 @@ class CategoricalVAE(nn.Module):
         c = one_hot_sample(pc.logits, (), noise)
         z = None if pz is None else rsample(pz, (), noise)
         latent = self._latent(c, z)
-        return {"z": latent, "probs": self.observation_model(latent).probs}
+        return {"z": latent, "probs": self.observation_model(latent).mean}
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder means at the posterior mode (most probable categories, Gaussian means): (B, *input_shape)."""
         qc, qz = self.posterior(check_images(x, self.input_shape))
         c = F.one_hot(qc.probs.argmax(-1), self.categories).to(qc.probs.dtype)
-        return self.observation_model(self._latent(c, None if qz is None else qz.mu)).probs
+        return self.observation_model(self._latent(c, None if qz is None else qz.mu)).mean
 
     def describe(self) -> dict:
         """The latent layout, for the service's model description."""

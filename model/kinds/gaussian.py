@@ -8,12 +8,12 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli
+from torch.distributions import Distribution
 
 from model.config.train import ModelConfig, OptimConfig
 from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
 from model.core.images import check_images
-from model.core.likelihoods import bernoulli
+from model.core.likelihoods import get_likelihood
 from model.core.noise import Noise, rsample
 from model.core.objectives import (
     ElboTerms, ImportanceWeightedObjective, VariationalInference, elbo_terms_from_outputs, reduce_to,
@@ -54,7 +54,10 @@ class VariationalAutoencoder(nn.Module):
         config = config or ModelConfig(latent_features=self.latent_features, hidden=tuple(hidden),
                                        activation=activation)
         self.encoder = network.encoder(config, self.input_shape, 2 * self.latent_features)
-        self.decoder = network.decoder(config, self.latent_features, self.input_shape)
+        self.likelihood = get_likelihood(config.likelihood)  # p(x|z) (model.core.likelihoods)
+        self.mixtures = config.mixtures
+        self.decoder = network.decoder(config, self.latent_features,
+                                       self.likelihood.parameter_shape(self.input_shape, self.mixtures))
         # Parameters [mu, log_sigma] of the prior N(0, I), kept as a buffer so they follow .to(device).
         self.register_buffer("prior_params", torch.zeros(1, 2 * self.latent_features))
 
@@ -70,12 +73,13 @@ class VariationalAutoencoder(nn.Module):
         mu, log_sigma = prior_params.chunk(2, dim=-1)
         return ReparameterizedDiagonalGaussian(mu, log_sigma)
 
-    def observation_model(self, z: Tensor) -> Bernoulli:
-        """p(x|z) = Bernoulli(logits = decoder(z)), batch shape (*z.shape[:-1], *input_shape)."""
-        return bernoulli(self.decoder(z))
+    def observation_model(self, z: Tensor) -> Distribution:
+        """p(x|z) of the run's likelihood (course: Bernoulli(logits = decoder(z))), batch shape (*z.shape[:-1], *input_shape)."""
+        return self.likelihood.build(self.decoder(z), self.mixtures)
 
     def forward(self, x: Tensor, noise: Noise | None = None) -> dict:
         """Encode, sample z ~ q(z|x) once, decode: `{"px", "pz", "qz", "z"}`."""
+        x = check_images(x, self.input_shape)
         qz = self.posterior(x)
         pz = self.prior(batch_size=x.shape[0])
         z = rsample(qz, (), noise)
@@ -123,15 +127,15 @@ class VariationalAutoencoder(nn.Module):
         return out
 
     def decode(self, z: Tensor) -> Tensor:
-        """Bernoulli means p(x|z) per pixel, shape (N, *input_shape)."""
+        """Means of p(x|z) per pixel (Bernoulli: the probabilities), shape (N, *input_shape)."""
         if z.dim() != 2 or z.shape[1] != self.latent_features:
             raise ValueError(f"expected latents of shape (N, {self.latent_features}), got {tuple(z.shape)}")
-        return self.observation_model(z).probs
+        return self.observation_model(z).mean
 
     def sample(self, n: int, noise: Noise | None = None) -> dict[str, Tensor]:
         """n prior samples: latents `z` (n, D) and decoded `probs` (n, *input_shape)."""
         out = self.sample_from_prior(n, noise=noise)
-        return {"z": out["z"], "probs": out["px"].probs}
+        return {"z": out["z"], "probs": out["px"].mean}
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder means at the posterior mean, shape (B, *input_shape)."""
@@ -139,7 +143,7 @@ class VariationalAutoencoder(nn.Module):
 
     def describe(self) -> dict:
         """The latent layout: its size and what `encode` returns (`type` is the kind, as GET /models shows it)."""
-        return {"type": self.kind, "latent_features": self.latent_features, "encode_outputs": ["mu", "sigma"]}
+        return {"type": self.kind, "likelihood": self.likelihood.name, "latent_features": self.latent_features, "encode_outputs": ["mu", "sigma"]}
 
 
 class GaussianObjective:

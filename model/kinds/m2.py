@@ -15,14 +15,14 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Categorical, kl_divergence
+from torch.distributions import Distribution, Categorical, kl_divergence
 
 from model.config.train import ModelConfig, OptimConfig
 from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
 from model.core.gumbel import gumbel_noise
 from model.core.images import check_images
 from model.core.labels import UNLABELLED
-from model.core.likelihoods import bernoulli
+from model.core.likelihoods import get_likelihood
 from model.core.noise import GLOBAL_NOISE, Noise, rsample
 from model.core.objectives import ElboTerms, check_kl_mode, kl_term, reduce_to
 from model.core.schedules import Progress
@@ -87,7 +87,10 @@ class SemiSupervisedVAE(nn.Module):
         self.classifier = network.encoder(config, self.input_shape, self.num_classes)
         self.encoder = network.conditional_encoder(config, self.input_shape, self.num_classes,
                                                    2 * self.latent_features)
-        self.decoder = network.decoder(config, self.latent_features + self.num_classes, self.input_shape)
+        self.likelihood = get_likelihood(config.likelihood)  # p(x|z) (model.core.likelihoods)
+        self.mixtures = config.mixtures
+        self.decoder = network.decoder(config, self.latent_features + self.num_classes,
+                                       self.likelihood.parameter_shape(self.input_shape, self.mixtures))
         self.register_buffer("class_labels", torch.tensor(classes, dtype=torch.long))
         self.register_buffer("prior_y_logits", torch.zeros(self.num_classes))
         self.register_buffer("prior_params", torch.zeros(1, 2 * self.latent_features))
@@ -126,9 +129,9 @@ class SemiSupervisedVAE(nn.Module):
         mu, log_sigma = self.prior_params.reshape(-1).chunk(2)
         return ReparameterizedDiagonalGaussian(mu.expand(*shape, -1), log_sigma.expand(*shape, -1))
 
-    def observation_model(self, z: Tensor, y_one_hot: Tensor) -> Bernoulli:
+    def observation_model(self, z: Tensor, y_one_hot: Tensor) -> Distribution:
         """p(x|y, z) for z (..., D) and y one-hot (..., C): batch shape (..., *input_shape)."""
-        return bernoulli(self.decoder(torch.cat([z, y_one_hot], -1)))
+        return self.likelihood.build(self.decoder(torch.cat([z, y_one_hot], -1)), self.mixtures)
 
     def _sample_index(self, logits: Tensor, sample_shape: Sequence[int], noise: Noise) -> Tensor:
         """Class indices (*sample_shape, B) from Categorical(logits (B, C)), by the Gumbel-max trick."""
@@ -224,7 +227,7 @@ class SemiSupervisedVAE(nn.Module):
         return out
 
     def decode(self, z: Tensor, y: Tensor | int | None = None) -> Tensor:
-        """Bernoulli means p(x|y, z) per pixel (N, *input_shape) for styles z (N, D) and labels y (N,) or one label."""
+        """Means of p(x|y, z) per pixel (N, *input_shape) for styles z (N, D) and labels y (N,) or one label."""
         if z.dim() != 2 or z.shape[1] != self.latent_features:
             raise ValueError(f"expected latents of shape (N, {self.latent_features}), got {tuple(z.shape)}")
         if y is None:
@@ -234,7 +237,7 @@ class SemiSupervisedVAE(nn.Module):
             index = index.expand(z.shape[0])
         if index.shape != (z.shape[0],):
             raise ValueError(f"expected one label or {z.shape[0]} labels (one per latent), got shape {tuple(index.shape)}")
-        return self.observation_model(z, self._one_hot(index)).probs
+        return self.observation_model(z, self._one_hot(index)).mean
 
     def sample(self, n: int, noise: Noise | None = None, y: Tensor | int | None = None) -> dict[str, Tensor]:
         """n samples: styles `z` (n, D) ~ p(z), labels `y` (n,) (given, or drawn from p(y)), decoded `probs`."""
@@ -247,12 +250,12 @@ class SemiSupervisedVAE(nn.Module):
             if index.shape != (n,):
                 raise ValueError(f"expected one label or {n} labels, got shape {tuple(index.shape)}")
         z = rsample(self.prior((n,)), (), noise)
-        return {"z": z, "y": self.class_labels[index], "probs": self.observation_model(z, self._one_hot(index)).probs}
+        return {"z": z, "y": self.class_labels[index], "probs": self.observation_model(z, self._one_hot(index)).mean}
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder means at the most probable class and the mean of q(z|x, ŷ): (B, *input_shape)."""
         _, index, qz = self._encode(x)
-        return self.observation_model(qz.mu, self._one_hot(index)).probs
+        return self.observation_model(qz.mu, self._one_hot(index)).mean
 
     def describe(self) -> dict:
         """The latent layout, for the service's model description."""

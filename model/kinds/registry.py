@@ -29,7 +29,7 @@ def get_kind(name: str) -> Kind:
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The untrained model a config describes, of the input shape and class labels it records."""
-    return get_kind(config.model.kind).build(config.model, get_network(config.model.arch), config.data.shape,
+    return get_kind(config.model.kind).build(config.model, get_network(config.arch), config.data.shape,
                                              config.data.labels_known)
 
 

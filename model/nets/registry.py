@@ -3,12 +3,14 @@ builders of `model.nets.base.Network`, and one line here."""
 
 from __future__ import annotations
 
-from model.nets import mlp
+from model.nets import conv, mlp
 from model.nets.base import Network
 
 NETWORKS: dict[str, Network] = {
     "mlp": Network(mlp.encoder, mlp.decoder, mlp.conditional_encoder,
                    "multilayer perceptrons on flattened images (--hidden, --activation)"),
+    "conv": Network(conv.encoder, conv.decoder, conv.conditional_encoder,
+                    "stride-2 convolutional stages and their mirror (--conv-channels, --res-blocks, --activation)"),
 }
 
 

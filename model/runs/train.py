@@ -31,7 +31,7 @@ from model.runs.errors import TrainingError
 from model.runs.finish import finish
 from model.training.loop import NonFiniteLoss, epoch_batches, fit_epoch
 
-RECORDED = ("input_shape", "class_labels")  # written by `train` from the data, not chosen
+RECORDED = ("input_shape", "class_labels", "class_names", "arch")  # written by `train` from the data, not chosen
 
 
 def _check_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig | None:
@@ -65,11 +65,23 @@ def _record_data(config: TrainConfig, data: DataBundle) -> TrainConfig:
     shape = tuple(int(d) for d in data.train.x.shape[1:])
     labels = torch.cat([data.train.y, data.validation.y, data.test.y]).unique().tolist()
     labels = tuple(int(c) for c in labels if c != UNLABELLED)
+    names = None
+    if data.class_names is not None:
+        by_label = _names_by_label(data)
+        names = tuple(by_label.get(c, str(c)) for c in labels)
     for name, value in (("input_shape", shape), ("class_labels", labels)):
         recorded = getattr(config.data, name)
         if recorded is not None and tuple(recorded) != value:
             raise TrainingError(f"{name}: the run records {list(recorded)}, but the data has {list(value)}")
-    return config.replace(input_shape=shape, class_labels=labels)
+    return config.replace(input_shape=shape, class_labels=labels, class_names=names, arch=config.arch)
+
+
+def _names_by_label(data: DataBundle) -> dict[int, str]:
+    """Each label's name: a folder's class names are given in label order (see `model.data.folder`)."""
+    names = data.class_names or ()
+    if all(n.lstrip("-").isdigit() for n in names):
+        return {int(n): n for n in names}
+    return dict(enumerate(names))
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

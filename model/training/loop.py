@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config.train import TrainConfig
+from model.core.device import device_of
 from model.core.labels import UNLABELLED
 from model.core.schedules import Progress
 from model.data.base import Split
@@ -50,9 +51,11 @@ def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Opt
         NonFiniteLoss: at the first step whose loss is NaN or infinite (no step is taken).
     """
     model.train()
+    device = device_of(model)
     sums: dict[str, float] = {}
     seen = 0
     for i, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a streamed split's batches
         if transform is not None:
             x = transform(x)
         loss, diagnostics = objective(model, x, y, Progress(epoch=epoch + i / batches_per_epoch, step=step))
