@@ -12,12 +12,12 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from model.cli import bench, demo, evaluate, plot, report, sweep, train
+from model.cli import bench, data, demo, evaluate, plot, report, sweep, train
 from model.data.base import DataError
 from model.runs.checkpoint import CheckpointError
 from model.runs.errors import TrainingError
 
-COMMANDS = (train, evaluate, plot, sweep, report, demo, bench)
+COMMANDS = (train, evaluate, plot, sweep, report, demo, bench, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

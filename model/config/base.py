@@ -56,7 +56,7 @@ def coerce(cls, values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, defaults=None,
-                  choices: Mapping[str, Iterable] | None = None) -> None:
+                  choices: Mapping[str, Iterable] | None = None, only: Iterable[str] | None = None) -> None:
     """One flag per field of the dataclass `cls`; flags default to None, meaning "not given".
 
     The help shows the default once (from `defaults`, an instance; else the field's default). A
@@ -64,9 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls, defaults=None,
 
     Args:
         choices: allowed values per field from the registries that know them (e.g. {"kind": KINDS}).
+        only: the fields to add (default: all).
     """
     hints = get_type_hints(cls)
+    only = set(only) if only is not None else None
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         if "help" not in f.metadata or f.metadata.get("cli") is False:  # nested configs; recorded fields
             continue
         element, is_seq = _base_type(hints[f.name])

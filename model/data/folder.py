@@ -363,7 +363,8 @@ def _decode_all(entries: list[Entry], scan: Scan, preprocessing: Preprocessing, 
     any_masks = scan.layout == "mvtec"
     masks = np.zeros((len(entries), 1, *preprocessing.shape[1:]), dtype=np.uint8) if any_masks else None
     loader = DataLoader(_Decode([e.path for e in entries], preprocessing, mask_paths), batch_size=64,
-                        num_workers=workers, collate_fn=_collate)
+                        num_workers=workers, collate_fn=_collate,
+                        generator=torch.Generator().manual_seed(0))  # never draws from the run's global RNG
     kept, skipped, notes = [], [], {}
     count = 0
     for batch in loader:
