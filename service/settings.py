@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="requests waiting per model and operation before 429")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
     max_images: int = Field(1024, ge=1, description="most images, latents or samples in one request")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest uploaded image (width × height) decoded")
     max_k: int = Field(5000, ge=1, description="largest number of importance samples a request may ask for")
     default_k: int = Field(100, ge=1, description="importance samples for /iwae when the request gives none")
     max_num_samples: int = Field(100, ge=0, description="most posterior samples per image for /encode")

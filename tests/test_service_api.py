@@ -18,6 +18,7 @@ from model.data.loading import load_data
 from model.config.train import TrainConfig
 from model.core.objectives import iwae_bound
 from model.core.noise import RowwiseNoise
+from model.core.preprocess import scale
 from service.app import create_app
 from service.settings import Settings
 
@@ -32,7 +33,7 @@ def client(model_dir, asgi_client):
 @pytest.fixture(scope="module")
 def digits():
     """Four real test digits as (4, 784) float lists."""
-    x = load_data(TrainConfig.of(train_subset=100)).test.x[:4]
+    x = scale(load_data(TrainConfig.of(train_subset=100)).test.x[:4])  # the data sets hold uint8 images
     return x.reshape(4, -1).tolist()
 
 

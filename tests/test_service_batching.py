@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from model.config.train import TrainConfig
+from model.core.preprocess import scale
 from model.data.loading import load_data
 from service.app import create_app
 from service.core.batching import ArrivalGate, Batcher
@@ -154,7 +155,7 @@ def client(model_dir, asgi_client):
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_data(TrainConfig.of(train_subset=100)).test.x[:12].reshape(12, -1).tolist()
+    return scale(load_data(TrainConfig.of(train_subset=100)).test.x[:12]).reshape(12, -1).tolist()  # uint8 -> [0, 1]
 
 
 def passes(client, operation: str) -> tuple[float, float]:

@@ -44,7 +44,7 @@ def test_server_metadata_and_health(client):
 def test_metadata_describes_the_tensors_the_model_returns(client):
     meta = client.get("/v2/models/tiny.encode").json()
     assert meta["name"] == "tiny.encode" and meta["versions"] == ["1"]
-    assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 784]}]
+    assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
     assert meta["outputs"] == [{"name": "mu", "datatype": "FP32", "shape": [-1, 2]},
                                {"name": "sigma", "datatype": "FP32", "shape": [-1, 2]},
                                {"name": "z", "datatype": "FP32", "shape": [-1, -1, 2]}]

@@ -65,7 +65,7 @@ def test_a_stock_oip_client(server):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("tiny.elbo")
     metadata = client.get_model_metadata("tiny.encode")
-    assert metadata["inputs"][0] == {"name": "images", "datatype": "FP32", "shape": [-1, 784]}
+    assert metadata["inputs"][0] == {"name": "images", "datatype": "FP32", "shape": [-1, 1, 28, 28]}  # flat also taken
 
     images = httpclient.InferInput("images", list(IMAGES.shape), "FP32")
     images.set_data_from_numpy(IMAGES)  # binary tensor data, the client's default

@@ -51,6 +51,14 @@ class Preprocessing:
                 "antialias": self.antialias and self.resize in ANTIALIASED, "aspect": "stretched",
                 "scaling": "uint8 / 255 -> [0, 1]", "colour_to_grey": "ITU-R 601-2 luma (PIL 'L')"}
 
+    def channel_note(self, channels: int) -> str | None:
+        """What `prepare` does to an image of `channels` channels, or None when it keeps them."""
+        if channels == self.shape[0]:
+            return None
+        if self.shape[0] == 1:
+            return "colour converted to grey (ITU-R 601-2 luma)"
+        return "grey converted to RGB (the grey level in each channel)"
+
     def resize_note(self, size: Sequence[int]) -> str | None:
         """What `prepare` does to an image of (H, W) `size`, or None when it keeps the size."""
         height, width = self.shape[1:]

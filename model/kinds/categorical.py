@@ -219,7 +219,7 @@ class CategoricalVAE(nn.Module):
 
     def describe(self) -> dict:
         """The latent layout, for the service's model description."""
-        return {"type": "categorical", "variables": self.variables, "categories": self.categories,
+        return {"type": "categorical", "likelihood": self.likelihood.name, "variables": self.variables, "categories": self.categories,
                 "gaussian_features": self.gaussian_features, "latent_features": self.latent_features,
                 "latent_layout": "[one-hot c_1 (categories), ..., one-hot c_N (categories), gaussian z]",
                 "encode_outputs": ["probs", "mu", "sigma"] if self.gaussian_features else ["probs"]}

@@ -143,7 +143,8 @@ class VariationalAutoencoder(nn.Module):
 
     def describe(self) -> dict:
         """The latent layout: its size and what `encode` returns (`type` is the kind, as GET /models shows it)."""
-        return {"type": self.kind, "likelihood": self.likelihood.name, "latent_features": self.latent_features, "encode_outputs": ["mu", "sigma"]}
+        return {"type": self.kind, "likelihood": self.likelihood.name, "latent_features": self.latent_features,
+                "encode_outputs": ["mu", "sigma"]}
 
 
 class GaussianObjective:

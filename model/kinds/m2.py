@@ -259,7 +259,7 @@ class SemiSupervisedVAE(nn.Module):
 
     def describe(self) -> dict:
         """The latent layout, for the service's model description."""
-        return {"type": "m2", "latent_features": self.latent_features, "classes": self.class_labels.tolist(),
+        return {"type": "m2", "likelihood": self.likelihood.name, "latent_features": self.latent_features, "classes": self.class_labels.tolist(),
                 "encode_outputs": ["probs", "y", "mu", "sigma"], "decode_inputs": ["z", "y"],
                 "classify": "q(y|x)"}
 

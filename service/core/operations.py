@@ -59,6 +59,7 @@ class Operation:
 
 
 def _flat(probs: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, C·H·W), row-major: the layout of image outputs on both protocols."""
     return probs.reshape(probs.shape[0], -1)
 
 
@@ -117,6 +118,15 @@ def classes_of(ck: Checkpoint) -> list[int] | None:
     return [int(c) for c in ck.classifier.classes.tolist()]
 
 
+def class_names_of(ck: Checkpoint, classes: list[int] | None) -> list[str] | None:
+    """The name of each of `classes`, where the run records names (a folder's class subfolders)."""
+    names = ck.config.data.class_names
+    if names is None or classes is None:
+        return None
+    by_label = dict(zip(ck.config.data.labels_known, names))
+    return [by_label.get(c, str(c)) for c in classes]
+
+
 def _classify(ck: Checkpoint, x, labels, noise):
     if ck.model.capabilities.native_classifier:  # like M2's q(y|x)
         probs = ck.model.classify(x)
@@ -145,7 +155,7 @@ def _finish_anomaly(ck: Checkpoint, outputs: Outputs, *, score: str, false_posit
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("encode", "images", _encode,
               "Posterior parameters per image (mu, sigma for the Gaussian kind) and optional samples z ~ q(z|x)."),
-    Operation("decode", "z", _decode, "Bernoulli means p(x|z) per pixel for each latent vector."),
+    Operation("decode", "z", _decode, "The means of p(x|z) per pixel, in [0, 1], for each latent vector."),
     Operation("sample", "n", _sample, "Ancestral samples: z ~ p(z) and the decoder's means p(x|z)."),
     Operation("reconstruct", "images", _reconstruct, "Decoder means at the posterior mean of each image."),
     Operation("elbo", "images", _elbo,

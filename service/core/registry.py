@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from model.core.device import resolve_device
+from model.core.preprocess import Preprocessing
 from model.kinds.registry import KINDS
 from model.runs.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model.anomaly.registry import SCORES, available_scores
@@ -59,6 +60,11 @@ class ModelEntry:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.checkpoint.model.input_shape)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What the run did to every image before the model saw it; encoded uploads get the same."""
+        return self.checkpoint.config.data.preprocessing
 
     @property
     def latent_features(self) -> int | None:
@@ -140,11 +146,16 @@ class Registry:
         entry = ModelEntry(path.name, path)
         started = time.perf_counter()
         try:
-            entry.checkpoint = load_checkpoint(path, resolve_device(self.settings.device))
+            checkpoint = load_checkpoint(path, resolve_device(self.settings.device))
+            shape = checkpoint.config.data.preprocessing.shape
+            if tuple(shape) != tuple(checkpoint.model.input_shape):
+                raise ValueError(f"the config preprocesses images to {list(shape)}, but the model takes "
+                                 f"{list(checkpoint.model.input_shape)}")
         except LOAD_ERRORS as error:
             entry.error = str(error) if isinstance(error, CheckpointError) else f"{path}: {type(error).__name__}: {error}"
             log.error("model %s cannot be served: %s", path.name, entry.error)
             return entry
+        entry.checkpoint = checkpoint
         entry.operations = tuple(op for op in OPERATIONS if unavailable_reason(entry, op) is None)
         for operation in entry.operations:
             try:

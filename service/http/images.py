@@ -1,7 +1,14 @@
-"""Images and latents from the wire: nested lists, base64 PNGs, uploaded PNG files, and back.
+"""Images and latents from the wire: nested lists, encoded image files (base64 or uploaded), and back.
+
+Encoded images (PNG, JPEG and whatever else `model.io.images.decode_image` reads) may have any size
+and mode: each goes through exactly what training did to its images, `decode_image` and then
+`model.core.preprocess.preprocess` with the run's recorded `Preprocessing` (channels, then size,
+then /255), and every change that made is reported as a note naming the image:
+"images_png[0]: resized from 64×48 to 40×32 (bilinear, antialiased)". Nested lists are pixels the
+client has already preprocessed, so they must have the model's shape.
 
 Every check names the field, what was expected and what arrived: "images: expected values in
-[0, 1], got values from -0.5 to 1.2 (image 3)". Decoding happens in numpy, not pydantic, because a
+[0, 1], got values from -0.5 to 1.2 (image 3)". Lists are decoded in numpy, not pydantic, because a
 request of 256 images holds 200,000 numbers.
 """
 
@@ -11,11 +18,16 @@ import base64
 import binascii
 import io
 import math
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
+from model.core.preprocess import Preprocessing, preprocess
+from model.io.images import ImageError, decode_image, encode_png
 from service.core.errors import BadInputError, plural
 
 
@@ -63,17 +75,36 @@ def as_number_array(values, field: str) -> np.ndarray:
     return array
 
 
+@dataclass(frozen=True)
+class Images:
+    """A request's images as the model takes them, and what was done to bring them there.
+
+    x: (B, C, H, W) float32 in [0, 1].
+    notes: one per change, each naming its image, in image order (empty for nested lists).
+    """
+
+    x: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+def expected_images(shape: Sequence[int]) -> str:
+    """What an image of a model of input (C, H, W) `shape` may look like as nested lists."""
+    channels, height, width = shape
+    if channels == 1:
+        return f"{math.prod(shape)} numbers or {height}×{width} nested lists"
+    return f"{_shape_text(shape)} nested lists (C×H×W) or {math.prod(shape)} numbers"
+
+
 def check_images(array: np.ndarray, input_shape: Sequence[int], field: str = "images") -> np.ndarray:
-    """(B, *input_shape) float32 in [0, 1] from (B, H·W), (B, H, W) or (B, C, H, W)."""
-    n_pixels = math.prod(input_shape)
-    accepted = {(n_pixels,), tuple(input_shape), tuple(input_shape[-2:])}
+    """(B, C, H, W) float32 in [0, 1] from (B, C, H, W), (B, C·H·W) in that order, or (B, H, W) when C = 1."""
+    input_shape = tuple(input_shape)
+    accepted = {(math.prod(input_shape),), input_shape}
+    if input_shape[0] == 1:
+        accepted.add(input_shape[1:])
     if array.ndim < 2 or tuple(array.shape[1:]) not in accepted:
         got = f"{plural(array.shape[0], 'image')} of shape {_shape_text(array.shape[1:])}" if array.ndim >= 2 else \
             f"a flat list of {plural(array.shape[0], 'number')} (wrap a single image in a list)"
-        raise BadInputError(
-            f"{field}: expected a list of images, each {n_pixels} numbers or {_shape_text(input_shape[-2:])} "
-            f"nested lists, got {got}"
-        )
+        raise BadInputError(f"{field}: expected a list of images, each {expected_images(input_shape)}, got {got}")
     low, high = float(array.min()), float(array.max())
     if low < 0.0 or high > 1.0:
         flat = array.reshape(array.shape[0], -1)
@@ -84,77 +115,82 @@ def check_images(array: np.ndarray, input_shape: Sequence[int], field: str = "im
     return array.reshape(array.shape[0], *input_shape)
 
 
-def decode_png(data: bytes, input_shape: Sequence[int], field: str) -> np.ndarray:
-    """One greyscale PNG of the model's size as float32 (H, W) in [0, 1]."""
-    height, width = input_shape[-2:]
+def _check_size(data: bytes, field: str, max_pixels: int) -> None:
+    """Refuse an image too large to decode from its header alone, before its pixels take any memory:
+    a PNG of one colour compresses 1,000 to 1, and PIL's own guard stops only at 89 megapixels,
+    over a gigabyte once resized in float32."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image_format = image.format
-        size = image.size
-        if image_format != "PNG":
-            raise BadInputError(f"{field}: expected a PNG, got {image_format or 'an unknown format'}")
-        if size != (width, height):
-            raise BadInputError(f"{field}: expected a {width}×{height} PNG, got {size[0]}×{size[1]}")
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            pixels = np.asarray(image, dtype=np.float32) / 65535.0
-        else:
-            # Colour or palette PNGs become grey with PIL's ITU-R 601-2 luma; alpha is ignored.
-            pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except UnidentifiedImageError:  # its message holds the repr of our BytesIO, not news to the client
-        raise BadInputError(f"{field}: expected a PNG image, got {_bytes_text(data)}, which is no "
-                            f"known image format") from None
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
-        raise BadInputError(f"{field}: expected a PNG image, got {_bytes_text(data)} that cannot be decoded "
-                            f"({error})") from None
-    return np.clip(pixels, 0.0, 1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
+        return  # not an image this peek can size: decode_image says what is wrong with it
+    if width * height > max_pixels:
+        raise BadInputError(f"{field}: expected an image of at most {max_pixels} pixels (VAE_MAX_IMAGE_PIXELS), "
+                            f"got {width}×{height} = {width * height}")
 
 
-def _bytes_text(data: bytes) -> str:
-    """How many bytes, and the first 8: where a PNG has its signature."""
-    if not data:
-        return "an empty file"
-    return f"{plural(len(data), 'byte')} starting with {data[:8]!r}"
+def decode_file(data: bytes, preprocessing: Preprocessing, field: str,
+                max_pixels: int) -> tuple[torch.Tensor, list[str]]:
+    """One encoded image as training would have seen it: (C, H, W) float32 in [0, 1], and the notes
+    (each prefixed with `field`) of what decoding and preprocessing changed."""
+    _check_size(data, field, max_pixels)
+    try:
+        decoded = decode_image(data, field)
+    except ImageError as error:  # its message names the field, what was expected and what arrived
+        raise BadInputError(str(error)) from None
+    notes = [*decoded.notes, preprocessing.channel_note(decoded.pixels.shape[0]),
+             preprocessing.resize_note(decoded.size)]
+    return preprocess(decoded.pixels, preprocessing), [f"{field}: {note}" for note in notes if note]
 
 
-def decode_base64_pngs(items, input_shape: Sequence[int], field: str = "images_png") -> np.ndarray:
+def _base64_bytes(item, field: str) -> bytes:
+    if not isinstance(item, str):
+        raise BadInputError(f"{field}: expected a base64 string, got {type(item).__name__}")
+    if item.startswith("data:"):  # a data URL: data:image/png;base64,....
+        item = item.partition(",")[2]
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise BadInputError(f"{field}: expected base64-encoded image bytes, got invalid base64 ({error})") from None
+
+
+def decode_base64_images(items, preprocessing: Preprocessing, max_images: int, max_pixels: int,
+                         field: str = "images_png") -> Images:
+    """Base64-encoded image files (PNG, JPEG, ...) of any size as the model's (B, C, H, W)."""
     if not isinstance(items, list) or not items:
-        raise BadInputError(f"{field}: expected a non-empty list of base64-encoded PNGs, got "
+        raise BadInputError(f"{field}: expected a non-empty list of base64-encoded images, got "
                             f"{'an empty list' if isinstance(items, list) else type(items).__name__}")
-    out = []
+    check_count(len(items), max_images, field)  # before decoding any
+    pixels, notes = [], []
     for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise BadInputError(f"{field}[{i}]: expected a base64 string, got {type(item).__name__}")
-        if item.startswith("data:"):  # a data URL: data:image/png;base64,....
-            item = item.partition(",")[2]
-        try:
-            data = base64.b64decode(item, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise BadInputError(f"{field}[{i}]: expected base64-encoded PNG bytes, got invalid base64 ({error})") from None
-        out.append(decode_png(data, input_shape, f"{field}[{i}]"))
-    return np.stack(out).reshape(len(out), *input_shape)
+        x, more = decode_file(_base64_bytes(item, f"{field}[{i}]"), preprocessing, f"{field}[{i}]", max_pixels)
+        pixels.append(x)
+        notes.extend(more)
+    return Images(torch.stack(pixels).numpy(), tuple(notes))
 
 
-def encode_png(pixels: np.ndarray) -> str:
-    """Base64 of an 8-bit greyscale PNG of one image (H, W) with values in [0, 1]."""
-    grey = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(grey, mode="L").save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def png_base64(image: np.ndarray) -> str:
+    """Base64 of an 8-bit PNG of one image (C, H, W) in [0, 1]: grey for C = 1, RGB for C = 3."""
+    return base64.b64encode(encode_png(torch.from_numpy(np.ascontiguousarray(image)))).decode("ascii")
 
 
-def images_from_request(images, images_png, input_shape: Sequence[int], max_images: int) -> np.ndarray:
-    """The request's images as (B, *input_shape) float32, from exactly one of the two fields."""
+def images_from_request(images, images_png, preprocessing: Preprocessing, max_images: int,
+                        max_pixels: int) -> Images:
+    """The request's images as the model takes them, from exactly one of the two fields.
+
+    Decoding files can take a while (a large JPEG): call it off the event loop when images_png is given.
+    """
     if images is not None and images_png is not None:
         raise BadInputError("images, images_png: expected exactly one of them, got both")
     if images is None and images_png is None:
-        raise BadInputError("images: expected a list of images (or images_png, or PNG file uploads), got none")
-    if images is not None:
-        array = check_images(as_number_array(images, "images"), input_shape)
-    else:
-        array = decode_base64_pngs(images_png, input_shape)
-    check_count(array.shape[0], max_images, "images" if images is not None else "images_png")
-    return array
-
+        raise BadInputError("images: expected a list of images (or images_png, or image file uploads), got none")
+    if images_png is not None:
+        return decode_base64_images(images_png, preprocessing, max_images, max_pixels)
+    array = check_images(as_number_array(images, "images"), preprocessing.shape)
+    check_count(array.shape[0], max_images, "images")
+    return Images(array)
 
 def check_count(count: int, limit: int, field: str) -> None:
     if count > limit:

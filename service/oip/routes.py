@@ -1,11 +1,12 @@
 """The Open Inference Protocol (V2, as KServe, Triton and MLServer speak it) over the same operations.
 
 Each operation of each model is an OIP model named `{name}.{operation}`, e.g. `mnist.encode`.
-Inputs: `images` FP32 [B, H·W] (also [B, H, W] or [B, 1, H, W]) for image operations, `z` FP32
-[N, D] for decode, `n` INT64 [1] for sample. Knobs (seed, k, beta, num_samples,
-false_positive_rate, score) are request `parameters`. Tensors travel as JSON (`data`, flat or
-nested) or, with the binary tensor data extension that `tritonclient` uses by default, as raw
-little-endian bytes after the JSON header (`Inference-Header-Content-Length`).
+Inputs: `images` FP32 [B, C, H, W] of the model's shape (also flat [B, C·H·W], and [B, H, W] when
+C = 1; values in [0, 1], already preprocessed) for image operations, `z` FP32 [N, D] for decode,
+`n` INT64 [1] for sample. Image outputs (`probs`) are flat [N, C·H·W] rows, as on REST. Knobs
+(seed, k, beta, num_samples, false_positive_rate, score) are request `parameters`. Tensors travel
+as JSON (`data`, flat or nested) or, with the binary tensor data extension that `tritonclient`
+uses by default, as raw little-endian bytes after the JSON header (`Inference-Header-Content-Length`).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def resolve(service: Service, model: str, model_version: str | None = None) -> t
 def _input_specs(entry: ModelEntry, operation: str) -> list[dict]:
     kind = OPERATIONS[operation].input
     if kind == "images":
-        return [{"name": "images", "datatype": "FP32", "shape": [-1, math.prod(entry.input_shape)]}]
+        # The real (C, H, W), as image models declare it to Triton's and KServe's clients; flat rows are accepted too.
+        return [{"name": "images", "datatype": "FP32", "shape": [-1, *entry.input_shape]}]
     if kind == "z":
         specs = [{"name": "z", "datatype": "FP32", "shape": [-1, entry.latent_features or -1]}]
     else:
@@ -166,8 +168,9 @@ def _inputs(service: Service, entry: ModelEntry, operation: str, request: InferR
         if main.dtype.kind != "f":
             raise BadInputError(f"inputs.images.datatype: expected FP32, got {OIP_NAMES[main.dtype]}")
         if main.ndim < 2 or main.shape[0] == 0:
-            raise BadInputError(f"inputs.images.shape: expected [B, {math.prod(entry.input_shape)}] with B >= 1, "
-                                f"got {list(main.shape)}")
+            channels, height, width = entry.input_shape
+            raise BadInputError(f"inputs.images.shape: expected [B, {channels}, {height}, {width}] or "
+                                f"[B, {math.prod(entry.input_shape)}] with B >= 1, got {list(main.shape)}")
         check_count(main.shape[0], limit, "inputs.images")
         return {"inputs": check_images(main.astype(np.float32), entry.input_shape, "inputs.images")}
     labels = arrays.get("y")
@@ -223,8 +226,8 @@ INFER_RESPONSES = {
 @models.post("/models/{model}/infer", response_model=InferResponse, responses=INFER_RESPONSES,
              summary="OIP inference on {name}.{operation}", openapi_extra=INFER_DOC)
 async def infer(model: OipModel, request: Request, service: ServiceDep) -> Response:
-    """Runs the operation on the request's tensors: `images` FP32 [B, H·W] (or [B, H, W], [B, 1, H, W])
-    for image operations, `z` FP32 [N, D] for decode, `n` INT64 [1] for sample, plus `y` INT64 [N]
+    """Runs the operation on the request's tensors: `images` FP32 [B, C, H, W] (or [B, C·H·W], and
+    [B, H, W] when C = 1) for image operations, `z` FP32 [N, D] for decode, `n` INT64 [1] for sample, plus `y` INT64 [N]
     for conditional kinds. Knobs (seed, k, beta, num_samples, false_positive_rate, score) are request
     `parameters`. Tensors travel as JSON `data` or, with the binary tensor data extension, as raw
     little-endian bytes after a JSON header of `Inference-Header-Content-Length` bytes."""

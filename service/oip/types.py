@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EXAMPLE_PIXELS = 28 * 28  # the /docs examples are of the quickstart's embedded digits
+EXAMPLE_SHAPE = (1, 28, 28)  # the /docs examples are of the quickstart's embedded digits (C, H, W)
+EXAMPLE_PIXELS = 28 * 28
 
 class _Tolerant(BaseModel):
     """Fields this server does not use (Triton's client sends several) are ignored, as the protocol allows."""
@@ -71,7 +72,7 @@ class TensorMetadata(BaseModel):
 class ModelMetadataResponse(BaseModel):
     model_config = _example({
         "name": "default.encode", "versions": ["1"], "platform": "vae-lab/gaussian",
-        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, EXAMPLE_PIXELS]}],
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, *EXAMPLE_SHAPE]}],
         "outputs": [{"name": "mu", "datatype": "FP32", "shape": [-1, 2]},
                     {"name": "sigma", "datatype": "FP32", "shape": [-1, 2]},
                     {"name": "z", "datatype": "FP32", "shape": [-1, -1, 2]}]})

@@ -1,4 +1,4 @@
-"""REST request bodies: JSON, or multipart/form-data with PNG files, into one request schema.
+"""REST request bodies: JSON, or multipart/form-data with image files, into one request schema.
 
 Image endpoints take either body. Routes declare `body: Annotated[XRequest, Depends(body_of(XRequest))]`
 and `openapi_extra=request_body_doc(XRequest)` so /docs shows both content types and the examples.
@@ -28,19 +28,21 @@ async def _read_form(request: Request, max_files: int) -> dict:
     except HTTPException as error:  # Starlette's report of a malformed multipart body
         raise BadInputError(f"body: expected multipart/form-data, got a malformed body ({error.detail})") from None
     data: dict[str, object] = {}
-    pngs = []
+    files = []
     for name, value in form.multi_items():
         if isinstance(value, UploadFile):
             if name != "images":
-                raise BadInputError(f"{name}: expected PNG files under the form field 'images', got a file under {name!r}")
-            pngs.append(base64.b64encode(await value.read()).decode("ascii"))
+                raise BadInputError(f"{name}: expected image files under the form field 'images', got a file "
+                                    f"under {name!r}")
+            # Uploads join images_png in order, so both are decoded, and named in errors, alike.
+            files.append(base64.b64encode(await value.read()).decode("ascii"))
         elif name in data:
             previous = data[name]
             data[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
         else:
             data[name] = value
-    if pngs:
-        data["images_png"] = pngs
+    if files:
+        data["images_png"] = files
     await form.close()
     return data
 
@@ -81,7 +83,7 @@ def request_body_doc(schema: type[BaseModel]) -> dict:
         content["multipart/form-data"] = {"schema": {
             "type": "object",
             "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                      "description": "PNG files, one per image"}, **fields},
+                                      "description": "image files (PNG, JPEG, ...), one per image"}, **fields},
             "required": ["images"],
         }}
     return {"requestBody": {"required": True, "content": content}}

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Response
+from starlette.concurrency import run_in_threadpool
 
 from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE
 from service.http.auth import require_token
@@ -14,14 +15,14 @@ from service.rest.bodies import body_of, request_body_doc
 from service.http.bodies import read_json
 from service.core.errors import ServiceError
 from service.http.errors import error_responses
-from service.http.images import encode_png, images_from_request, latents_from_request
-from service.core.operations import OPERATIONS, classes_of
+from service.http.images import Images, images_from_request, latents_from_request, png_base64
+from service.core.operations import OPERATIONS, class_names_of, classes_of
 from service.core.registry import ModelEntry
 from service.rest.schemas import (
     AnomalyInfo, AnomalyRequest, AnomalyResponse, ClassifyRequest, ClassifyResponse, DecodeRequest, ElboRequest,
     ElboResponse, EncodeRequest, EncodeResponse, Health, ImagesRequest, IwaeRequest, IwaeResponse,
-    ModelDetail, ModelList, ModelSummary, NoopResponse, ProbsResponse, ReconstructRequest, SampleRequest,
-    SampleResponse, ScoreInfo,
+    ModelDetail, ModelList, ModelSummary, NoopResponse, ProbsResponse, ReconstructRequest, ReconstructResponse,
+    SampleRequest, SampleResponse, ScoreInfo,
 )
 from service.state import Service, ServiceDep
 
@@ -71,11 +72,14 @@ def detail(entry: ModelEntry) -> ModelDetail:
     if ck is None:
         return out
     out.input_shape = list(entry.input_shape)
+    out.preprocessing = entry.preprocessing.describe()
     out.latent_features = entry.latent_features
     out.describe = ck.model.describe()
+    out.likelihood = out.describe.get("likelihood", ck.config.model.likelihood)
     out.config = ck.config.to_dict()
     out.evaluation = ck.evaluation
     out.classes = classes_of(ck)
+    out.class_names = class_names_of(ck, out.classes if out.classes is not None else list(ck.config.data.labels_known))
     if ck.calibration is not None and entry.anomaly_scores():
         out.anomaly = AnomalyInfo(default=ck.calibration.default, scores={
             name: ScoreInfo(threshold=ck.calibration.scores[name].threshold(DEFAULT_FALSE_POSITIVE_RATE),
@@ -96,22 +100,31 @@ async def list_models(service: ServiceDep) -> ModelList:
             summary="Kind, shapes, config, test metrics, operations and anomaly calibration of one model",
             responses=error_responses(404))
 async def describe_model(name: ModelName, service: ServiceDep) -> Response:
-    """What a client needs to call the model: its input shape and latent size, the operations it
-    offers, its classes, its calibrated anomaly scores with their thresholds, and the config and
-    test metrics of its training run."""
+    """What a client needs to call the model: its input shape, the preprocessing of encoded images,
+    its likelihood and latent size, the operations it offers, its classes (and their names), its
+    calibrated anomaly scores with their thresholds, and the config and test metrics of its
+    training run."""
     return json_response(detail(service.registry.get(name)))
 
 
 # --- operations ------------------------------------------------------------------------------------
 
-def _images(service: Service, name: str, body: ImagesRequest) -> np.ndarray:
+async def _images(service: Service, name: str, body: ImagesRequest) -> Images:
     entry = service.registry.ready_model(name)
-    return images_from_request(body.images, body.images_png, entry.input_shape, service.settings.max_images)
+    s = service.settings
+    args = (body.images, body.images_png, entry.preprocessing, s.max_images, s.max_image_pixels)
+    if body.images_png is None:
+        return images_from_request(*args)
+    # Decoding and resizing a large JPEG takes milliseconds or more: not on the event loop.
+    return await run_in_threadpool(images_from_request, *args)
+
+
+def _notes(images: Images) -> list[str] | None:
+    return list(images.notes) or None
 
 
 def _pngs(probs: np.ndarray, entry: ModelEntry) -> list[str]:
-    height, width = entry.input_shape[-2:]
-    return [encode_png(p.reshape(height, width)) for p in probs]
+    return [png_base64(p.reshape(entry.input_shape)) for p in probs]
 
 
 def _op(path: str, request_model, response_model, summary: str):
@@ -123,12 +136,12 @@ def _op(path: str, request_model, response_model, summary: str):
 @_op("encode", EncodeRequest, EncodeResponse, "Posterior parameters per image, and samples z ~ q(z|x) if asked")
 async def encode(name: ModelName, service: ServiceDep,
                  body: Annotated[EncodeRequest, Depends(body_of(EncodeRequest))]) -> Response:
-    x = _images(service, name, body)
-    out = await service.inference.run(name, "encode", inputs=x, seed=body.seed, num_samples=body.num_samples)
-    return json_response(EncodeResponse(**{k: v.tolist() for k, v in out.items()}))
+    images = await _images(service, name, body)
+    out = await service.inference.run(name, "encode", inputs=images.x, seed=body.seed, num_samples=body.num_samples)
+    return json_response(EncodeResponse(**{k: v.tolist() for k, v in out.items()}, preprocessing=_notes(images)))
 
 
-@_op("decode", DecodeRequest, ProbsResponse, "Bernoulli means p(x|z) per pixel for each latent")
+@_op("decode", DecodeRequest, ProbsResponse, "The means of p(x|z) per pixel for each latent")
 async def decode(name: ModelName, service: ServiceDep,
                  body: Annotated[DecodeRequest, Depends(body_of(DecodeRequest))]) -> Response:
     entry = service.registry.ready_model(name, "decode")
@@ -138,9 +151,9 @@ async def decode(name: ModelName, service: ServiceDep,
 
 
 def _probs(probs: np.ndarray, entry: ModelEntry, png: bool, schema, **extra):
-    if png:
-        return schema(images_png=_pngs(probs, entry), **extra)
-    return schema(probs=probs.tolist(), **extra)
+    """Image outputs: flat rows of C·H·W (the layout of every model, grey or colour), or PNGs."""
+    images = {"images_png": _pngs(probs, entry)} if png else {"probs": probs.tolist()}
+    return schema(**images, image_shape=list(entry.input_shape), **extra)
 
 
 @_op("sample", SampleRequest, SampleResponse, "Prior samples z ~ p(z) and their decoded means")
@@ -152,53 +165,58 @@ async def sample(name: ModelName, service: ServiceDep,
     return json_response(_probs(out["probs"], entry, body.png, SampleResponse, **extra))
 
 
-@_op("reconstruct", ReconstructRequest, ProbsResponse, "Decoder means at the posterior mean of each image")
+@_op("reconstruct", ReconstructRequest, ReconstructResponse, "Decoder means at the posterior mean of each image")
 async def reconstruct(name: ModelName, service: ServiceDep,
                       body: Annotated[ReconstructRequest, Depends(body_of(ReconstructRequest))]) -> Response:
-    x = _images(service, name, body)
-    out = await service.inference.run(name, "reconstruct", inputs=x)
-    return json_response(_probs(out["probs"], service.registry.get(name), body.png, ProbsResponse))
+    images = await _images(service, name, body)
+    out = await service.inference.run(name, "reconstruct", inputs=images.x)
+    return json_response(_probs(out["probs"], service.registry.get(name), body.png, ReconstructResponse,
+                                preprocessing=_notes(images)))
 
 
 @_op("elbo", ElboRequest, ElboResponse, "Per-image ELBO, log p(x|z) and KL from one posterior sample")
 async def elbo(name: ModelName, service: ServiceDep,
                body: Annotated[ElboRequest, Depends(body_of(ElboRequest))]) -> Response:
-    x = _images(service, name, body)
-    out = await service.inference.run(name, "elbo", inputs=x, seed=body.seed, finish={"beta": body.beta})
+    images = await _images(service, name, body)
+    out = await service.inference.run(name, "elbo", inputs=images.x, seed=body.seed, finish={"beta": body.beta})
     return json_response(ElboResponse(elbo=out["elbo"].tolist(), log_px=out["log_px"].tolist(),
-                                      kl=out["kl"].tolist(), beta=body.beta))
+                                      kl=out["kl"].tolist(), beta=body.beta, preprocessing=_notes(images)))
 
 
 @_op("iwae", IwaeRequest, IwaeResponse, "The importance-weighted bound L_K per image, and bits per dimension")
 async def iwae(name: ModelName, service: ServiceDep,
                body: Annotated[IwaeRequest, Depends(body_of(IwaeRequest))]) -> Response:
-    x = _images(service, name, body)
+    images = await _images(service, name, body)
     k = body.k or service.settings.default_k
-    out = await service.inference.run(name, "iwae", inputs=x, seed=body.seed, k=k)
-    return json_response(IwaeResponse(log_px=out["log_px"].tolist(), bits_per_dim=out["bits_per_dim"].tolist(), k=k))
+    out = await service.inference.run(name, "iwae", inputs=images.x, seed=body.seed, k=k)
+    return json_response(IwaeResponse(log_px=out["log_px"].tolist(), bits_per_dim=out["bits_per_dim"].tolist(), k=k,
+                                      preprocessing=_notes(images)))
 
 
 @_op("classify", ClassifyRequest, ClassifyResponse, "Class probabilities and the most probable label per image")
 async def classify(name: ModelName, service: ServiceDep,
                    body: Annotated[ClassifyRequest, Depends(body_of(ClassifyRequest))]) -> Response:
-    x = _images(service, name, body)
-    out = await service.inference.run(name, "classify", inputs=x)
-    classes = classes_of(service.registry.get(name).checkpoint) or list(range(out["probs"].shape[1]))
-    return json_response(ClassifyResponse(probs=out["probs"].tolist(), labels=out["labels"].tolist(), classes=classes))
+    images = await _images(service, name, body)
+    out = await service.inference.run(name, "classify", inputs=images.x)
+    checkpoint = service.registry.get(name).checkpoint
+    classes = classes_of(checkpoint) or list(range(out["probs"].shape[1]))
+    return json_response(ClassifyResponse(probs=out["probs"].tolist(), labels=out["labels"].tolist(), classes=classes,
+                                          class_names=class_names_of(checkpoint, classes),
+                                          preprocessing=_notes(images)))
 
 
 @_op("anomaly", AnomalyRequest, AnomalyResponse,
      "Anomaly scores, percentiles against held-out normal images, and flags at a false-positive rate")
 async def anomaly(name: ModelName, service: ServiceDep,
                   body: Annotated[AnomalyRequest, Depends(body_of(AnomalyRequest))]) -> Response:
-    x = _images(service, name, body)
+    images = await _images(service, name, body)
     fpr = body.false_positive_rate
     score = service.inference.anomaly_score(service.registry.ready_model(name, "anomaly"), body.score)
-    out = await service.inference.run(name, "anomaly", inputs=x, seed=body.seed, score=score,
+    out = await service.inference.run(name, "anomaly", inputs=images.x, seed=body.seed, score=score,
                                       finish={"false_positive_rate": fpr})
     return json_response(AnomalyResponse(
         scores=out["scores"].tolist(), percentiles=out["percentiles"].tolist(), is_anomaly=out["is_anomaly"].tolist(),
-        threshold=float(out["threshold"][0]), score=score, false_positive_rate=fpr))
+        threshold=float(out["threshold"][0]), score=score, false_positive_rate=fpr, preprocessing=_notes(images)))
 
 
 # --- benchmarking ------------------------------------------------------------------------------------

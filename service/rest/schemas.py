@@ -26,18 +26,33 @@ EXAMPLE_SIDE = 28  # the examples are images of the embedded digits' size
 EXAMPLE_IMAGE = [1.0 if 12 <= i % EXAMPLE_SIDE <= 15 and 4 <= i // EXAMPLE_SIDE <= 23 else 0.0
                  for i in range(EXAMPLE_SIDE * EXAMPLE_SIDE)]
 
+_ROW = {"type": "array", "items": {"type": "number"}}
+# An image's items: numbers (flat), rows of numbers (H×W) or channels of rows (C×H×W).
+_NESTED = {"anyOf": [{"type": "number"}, {"type": "array", "items": {"anyOf": [{"type": "number"}, _ROW]}}]}
 ImagesField = Annotated[
     list[Any] | None,
-    WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "array", "items": {
-        "anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]}}}, {"type": "null"}]}),
-    Field(None, description="images, each a flat list of H·W numbers or an H×W nested list, values in [0, 1]"),
+    WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "array", "items": _NESTED}}, {"type": "null"}]}),
+    Field(None, description="images already of the model's input_shape (GET /models/{name}), values in [0, 1]: "
+                            "each a C×H×W nested list (H×W also for C = 1) or a flat list of its C·H·W values in "
+                            "that order"),
 ]
-PngField = Annotated[list[str] | None, Field(None, description="images as base64-encoded greyscale PNGs of H×W pixels")]
-PngFlag = Annotated[bool, Field(False, description="return images_png (base64 8-bit PNGs) instead of probs")]
+PngField = Annotated[list[str] | None, Field(
+    None, description="images as base64-encoded files (PNG, JPEG, ...) of any size, grey or colour: decoded and "
+                      "preprocessed as the run's training images were (channels, then size); the response's "
+                      "`preprocessing` says what that changed")]
+PngFlag = Annotated[bool, Field(False, description="return images_png (base64 8-bit PNGs, grey for C = 1, RGB for "
+                                                   "C = 3) instead of probs")]
+IMAGE_SHAPE = "(C, H, W) of each image: a row of probs holds its C·H·W values in row-major order (channel by channel)"
+# The last field of every response to images: what was done to encoded ones to fit the model.
+PreprocessingNotes = Annotated[list[str] | None, Field(
+    None, description="each change made to an encoded image to fit the model, naming the image, in order: decoding "
+                      "(\"images_png[0]: alpha channel dropped\"), channels (\"images_png[0]: colour converted to "
+                      "grey (ITU-R 601-2 luma)\"), size (\"images_png[0]: resized from 64×48 to 40×32 (bilinear, "
+                      "antialiased)\"); absent when no image needed any")]
 
 
 class ImagesRequest(StrictModel):
-    """Exactly one of `images` and `images_png` (or PNG files uploaded as multipart field `images`)."""
+    """Exactly one of `images` and `images_png` (or image files uploaded as multipart field `images`)."""
 
     images: ImagesField
     images_png: PngField
@@ -60,6 +75,7 @@ class EncodeResponse(BaseModel):
     mu: list[list[float]] | None = None
     sigma: list[list[float]] | None = None
     z: list[list[list[float]]] | None = None
+    preprocessing: PreprocessingNotes
 
 
 class DecodeRequest(StrictModel):
@@ -71,9 +87,16 @@ class DecodeRequest(StrictModel):
 
 
 class ProbsResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG]}))
-    probs: list[list[float]] | None = Field(None, description="Bernoulli means per pixel, flat H·W per row")
-    images_png: list[str] | None = Field(None, description="the same as 8-bit greyscale PNGs, when png=true")
+    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG], "image_shape": [1, 28, 28]}))
+    probs: list[list[float]] | None = Field(
+        None, description="the means of p(x|z) per pixel in [0, 1] (Bernoulli: probabilities), one flat row of "
+                          "C·H·W per image (see image_shape)")
+    images_png: list[str] | None = Field(None, description="the same as 8-bit PNGs (grey or RGB), when png=true")
+    image_shape: list[int] = Field(description=IMAGE_SHAPE)
+
+
+class ReconstructResponse(ProbsResponse):
+    preprocessing: PreprocessingNotes
 
 
 class SampleRequest(SampleParams):
@@ -87,7 +110,7 @@ class SampleResponse(ProbsResponse):
     """Prior samples `z` and their decoded means; conditional kinds (M2) also return the labels `y`."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra=_examples(
-        {"z": [[1.54, -0.29]], "images_png": [EXAMPLE_PNG]}))
+        {"z": [[1.54, -0.29]], "images_png": [EXAMPLE_PNG], "image_shape": [1, 28, 28]}))
     z: list[list[float]] = Field(description="the prior samples z ~ p(z)")
 
 
@@ -109,6 +132,7 @@ class ElboResponse(BaseModel):
     log_px: list[float] = Field(description="log p(x|z) at one sample z ~ q(z|x)")
     kl: list[float] = Field(description="KL(q(z|x) || p(z)), as the model was trained to estimate it")
     beta: float
+    preprocessing: PreprocessingNotes
 
 
 class IwaeRequest(ImagesRequest, IwaeParams):
@@ -118,8 +142,9 @@ class IwaeRequest(ImagesRequest, IwaeParams):
 class IwaeResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra=_examples({"log_px": [-145.10], "bits_per_dim": [0.267], "k": 1000}))
     log_px: list[float] = Field(description="L_K per image: a lower bound on log p(x) (nats)")
-    bits_per_dim: list[float] = Field(description="−L_K / (H·W · ln 2)")
+    bits_per_dim: list[float] = Field(description="−L_K / (C·H·W · ln 2)")
     k: int
+    preprocessing: PreprocessingNotes
 
 
 class ClassifyRequest(ImagesRequest):
@@ -133,6 +158,9 @@ class ClassifyResponse(BaseModel):
     probs: list[list[float]] = Field(description="class probabilities per image, columns in the order of classes")
     labels: list[int] = Field(description="the most probable class per image")
     classes: list[int]
+    class_names: list[str] | None = Field(None, description="the name of each of classes, where the run records "
+                                                            "names (a folder's class subfolders)")
+    preprocessing: PreprocessingNotes
 
 
 class AnomalyRequest(ImagesRequest, AnomalyParams):
@@ -150,6 +178,7 @@ class AnomalyResponse(BaseModel):
     threshold: float = Field(description="the score flagging false_positive_rate of normal images")
     score: str
     false_positive_rate: float
+    preprocessing: PreprocessingNotes
 
 
 class Health(BaseModel):
@@ -190,16 +219,26 @@ class AnomalyInfo(BaseModel):
 class ModelDetail(ModelSummary):
     model_config = ConfigDict(json_schema_extra=_examples({
         "name": "default", "kind": "gaussian", "ready": True, "operations": _OPERATIONS, "path": "runs/default",
-        "input_shape": [1, 28, 28], "latent_features": 2, "classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        "input_shape": [1, 28, 28], "latent_features": 2, "likelihood": "bernoulli",
+        "preprocessing": {"channels": 1, "height": 28, "width": 28, "resize": "bilinear", "antialias": True,
+                          "aspect": "stretched", "scaling": "uint8 / 255 -> [0, 1]",
+                          "colour_to_grey": "ITU-R 601-2 luma (PIL 'L')"},
+        "classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
         "anomaly": {"default": "iwae", "scores": {"iwae": {
             "threshold": 302.4, "false_positive_rate": 0.01, "n": 1000, "params": {"k": 100}}}}}))
     path: str
-    input_shape: list[int] | None = None
+    input_shape: list[int] | None = Field(None, description="(C, H, W) the model takes: the shape of `images`")
+    preprocessing: dict[str, Any] | None = Field(
+        None, description="what is done to encoded images (images_png, uploads) before the model, as in training: "
+                          "channels, size (resize mode, antialiasing; the aspect ratio is not kept), scaling")
+    likelihood: str | None = Field(None, description="p(x|z): bernoulli or logistic")
     latent_features: int | None = None
     describe: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     classes: list[int] | None = None
+    class_names: list[str] | None = Field(None, description="the name of each of classes (or, without a classifier, "
+                                                            "of the run's class labels), where the run records names")
     anomaly: AnomalyInfo | None = None
 
 
