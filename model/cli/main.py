@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
+from functools import partial
 from importlib.metadata import entry_points
 
 from model.cli import bench, data, demo, evaluate, plot, report, sweep, train
@@ -35,6 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with warnings.catch_warnings():
+        # Warnings meant for a person (files skipped or converted) print as one line each, no source line.
+        warnings.showwarning = partial(_show_warning, args.command)
+        return _run(args)
+
+
+def _show_warning(command, message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vae {command}: warning: {message}", file=file or sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except (CheckpointError, DataError, TrainingError, ValueError) as error:

@@ -190,6 +190,9 @@ class _Decode(Dataset):
                 size = Preprocessing((1, *self.preprocessing.shape[1:]), "nearest", False)
                 mask = (prepare(raw, size) > 127).to(torch.uint8)
             notes = list(decoded.notes)
+            converted = self.preprocessing.channel_note(decoded.pixels.shape[0])
+            if converted:
+                notes.append(converted)
             resized = self.preprocessing.resize_note(decoded.size)
             if resized:
                 notes.append("resized")

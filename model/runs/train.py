@@ -206,6 +206,12 @@ def summary(run_dir: str | Path) -> str:
                      f"(pixels: {100 * classifier['pixel_accuracy']:.1f} %)")
     else:
         lines.append(f"  latent classifier  none: {classifier.get('skipped', 'not fitted')}")
+    data = evaluation.get("data", {})
+    if data.get("layout"):
+        p = data["preprocessing"]
+        lines.append(f"  data               {data['layout']} folder {data['data_dir']}: {sum(data['images'].values()):,} "
+                     f"images as {p['channels']}×{p['height']}×{p['width']}; {len(data['skipped_files'])} files "
+                     f"skipped, {len(data['ignored_files'])} ignored (listed in evaluation.json)")
     lines.append(f"  anomaly score      {calibration['score']} (flags above {calibration['threshold']:.4g}, "
                  f"{100 * calibration['false_positive_rate']:g} % of normal images)")
     return "\n".join(lines)
