@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from model.anomaly.registry import SCORES, available_scores, default_score
+from model.anomaly.registry import SCORES, available_scores, default_score, unavailable_reason
 from model.config.train import TrainConfig
 from model.core.likelihoods import LEVELS, LIKELIHOODS, discretized_logistic
 from model.kinds.registry import build_model
@@ -61,6 +61,10 @@ def test_scores_that_assume_the_bernoulli_are_unavailable_under_the_logistic():
     assert "excess" not in names and "combined" not in names and "iwae" in names and "complexity" in names
     assert all(SCORES[n].likelihoods is None or "logistic" in SCORES[n].likelihoods for n in names)
     assert default_score("folder", names) == "iwae"
+    # Unavailable, and saying why.
+    assert "assumes the bernoulli likelihood and this model's is 'logistic'" in unavailable_reason("excess", model)
+    assert "component 'excess'" in unavailable_reason("combined", model)
+    assert unavailable_reason("iwae", model) is None
     bernoulli = build_model(config.replace(likelihood="bernoulli"))
     assert {"excess", "combined"} <= set(available_scores(bernoulli))
     x = torch.randint(0, 256, (4, 3, 8, 6), dtype=torch.uint8)

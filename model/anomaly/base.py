@@ -48,6 +48,18 @@ class Score:
     def __call__(self, model: nn.Module, x: Tensor, **kwargs) -> Tensor:
         return self.fn(model, x, **kwargs)
 
+    def unavailable_reason(self, model: nn.Module, companions: Mapping[str, nn.Module] | None) -> str | None:
+        """Why this score cannot be computed for `model` with these companions (None: it can)."""
+        missing = [need for need in self.needs if need not in (companions or {})]
+        if missing:
+            return f"it needs the companion model {missing[0]!r} (train with --background-epochs > 0)"
+        if self.likelihoods is not None and model.likelihood.name not in self.likelihoods:
+            return (f"it assumes the {' or '.join(self.likelihoods)} likelihood and this model's is "
+                    f"{model.likelihood.name!r}")
+        if self.requires is not None and not getattr(model.capabilities, self.requires, False):
+            return f"it needs a model with {self.requires.replace('_', ' ')} (kind {model.kind!r} has none)"
+        return None
+
     def available_for(self, model: nn.Module, companions: Mapping[str, nn.Module] | None) -> bool:
         """Whether this score can be computed for `model` with these companions."""
         if any(need not in (companions or {}) for need in self.needs):

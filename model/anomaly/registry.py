@@ -50,6 +50,16 @@ UNRANKED = ("combined", DEFAULT_SCORE)
 RANKINGS = Path(__file__).with_name("rankings.json")
 
 
+def unavailable_reason(name: str, model: nn.Module, companions: Mapping[str, nn.Module] | None = None) -> str | None:
+    """Why the score `name` is not available for this model (None when it is), in words."""
+    score = SCORES[name]
+    for part in score.components:
+        reason = unavailable_reason(part, model, companions)
+        if reason:
+            return f"its component {part!r} is unavailable: {reason}"
+    return score.unavailable_reason(model, companions)
+
+
 def available_scores(model: nn.Module, companions: Mapping[str, nn.Module] | None = None) -> list[str]:
     """The scores that work for this model and whose companions are all present."""
     basic = {name for name, score in SCORES.items() if not score.components and score.available_for(model, companions)}

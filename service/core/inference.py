@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from model.anomaly.registry import SCORES, unavailable_reason
 from service.core.batching import ArrivalGate, Batcher
 from service.core.errors import BadInputError, NotReadyError, UnsupportedError, plural
 from service.core.metrics import Metrics
@@ -37,7 +38,10 @@ class Inference:
         default = entry.checkpoint.calibration.default
         name = score if score is not None else (default if default in available else available[0])
         if name not in available:
-            raise BadInputError(f"score: expected one of the calibrated scores {available}, got {name!r}")
+            why = unavailable_reason(name, entry.checkpoint.model, entry.checkpoint.companions) \
+                if name in SCORES else None
+            raise BadInputError(f"score: expected one of the calibrated scores {available}, got {name!r}"
+                                + (f", which this model cannot compute: {why}" if why else ""))
         return name
 
     def key(self, entry: ModelEntry, operation: str, params: dict) -> tuple:
