@@ -25,7 +25,7 @@ from model.data.folder import FolderWarning
 from model.data.loading import load_data, load_raw
 from model.io.images import decode_image
 from model.runs.checkpoint import load_checkpoint
-from model.runs.train import train
+from model.runs.train import TrainingError, train
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,8 @@ def test_flat_folder_is_unlabelled_and_its_test_split_does_not_follow_the_run_se
     assert (a.train.y == UNLABELLED).all() and len(a.test) == round(0.2 * 40)
     assert torch.equal(a.test.x, b.test.x)  # the test images are the folder's, not the seed's
     assert not torch.equal(a.validation.x, b.validation.x)
+    with pytest.raises(TrainingError, match=r"needs at least two classes.*put the images in class subfolders"):
+        train(folder_config(tmp_path, kind="m2", epochs=1), tmp_path / "m2", progress=False, data=a)
 
 
 def test_the_most_common_size_and_grey_are_the_defaults_and_flags_override_them(tmp_path, digits):

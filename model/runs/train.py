@@ -25,7 +25,7 @@ from model.data.base import DataBundle
 from model.data.loading import load_data
 from model.evaluation.evaluate import split_elbo
 from model.io.atomic import append_jsonl, read_jsonl, write_bytes, write_json
-from model.kinds.registry import build_model, build_objective
+from model.kinds.registry import build_model, build_objective, get_kind
 from model.runs import checkpoint as ckpt
 from model.runs.errors import TrainingError
 from model.runs.finish import finish
@@ -69,6 +69,12 @@ def _record_data(config: TrainConfig, data: DataBundle) -> TrainConfig:
     if data.class_names is not None:
         by_label = _names_by_label(data)
         names = tuple(by_label.get(c, str(c)) for c in labels)
+    if get_kind(config.model.kind).capabilities.semi_supervised and len(labels) < 2:
+        layout = data.info.get("layout")
+        raise TrainingError(
+            f"--kind {config.model.kind} learns from class labels and needs at least two classes, got {list(labels)}"
+            + (f" (a {layout} folder has no labels: put the images in class subfolders DIR/<class>/)"
+               if layout == "flat" else ""))
     for name, value in (("input_shape", shape), ("class_labels", labels)):
         recorded = getattr(config.data, name)
         if recorded is not None and tuple(recorded) != value:
