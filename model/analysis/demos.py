@@ -7,6 +7,11 @@
 
 And for exercise 2.1, why the reparameterization trick: the spread of the pathwise gradient
 ∇_mu E_q[log p(x|z)] against the score-function (REINFORCE) estimator of the same gradient.
+
+Images may be uint8 or in [0, 1] (they are scaled here), of any (C, H, W), under any likelihood:
+the demonstrations only call `log_prob` of the run's p(x|z), so under the discretized logistic
+log p(x) is that of 8-bit images. Work is chunked so memory grows with the image size no faster
+than it does for the course's 28×28 digits.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from model.analysis.figures import pyplot, save_figure
+from model.core.preprocess import scale
 
 DEFAULT_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# Values of p(x|z) evaluated at once: the course's 250 importance samples × 200 images × 784 pixels.
+# Larger images take fewer samples (or grid points) per pass, so memory stays what it was.
+PIXELS_AT_ONCE = 250 * 200 * 784
 
 
 # --- 1. importance sampling ------------------------------------------------------------------
@@ -148,15 +157,19 @@ def quadrature_log_px(model, x: Tensor, points: int = 121, width: float = 8.0) -
     _require_gaussian_latent(model, "quadrature")
     if model.latent_features != 2:
         raise ValueError(f"quadrature needs a model with 2 latent units, got {model.latent_features}")
+    x = scale(x)
     encoded = model.encode(x)
     mu, sigma = encoded["mu"], encoded["sigma"]  # (B, 2)
     t = torch.linspace(-width, width, points, device=mu.device)
+    at_once = max(1, PIXELS_AT_ONCE // x[0].numel())  # grid points per pass: all 121² for 784 pixels
     out = []
     for i in range(x.shape[0]):
         axes = [mu[i, d] + sigma[i, d] * t for d in range(2)]
         z1, z2 = torch.meshgrid(*axes, indexing="ij")
         z = torch.stack([z1.flatten(), z2.flatten()], 1)  # (points², 2)
-        log_px_z = model.observation_model(z).log_prob(x[i].expand(z.shape[0], *x.shape[1:])).flatten(1).sum(1)
+        log_px_z = torch.cat([
+            model.observation_model(part).log_prob(x[i].expand(part.shape[0], *x.shape[1:])).flatten(1).sum(1)
+            for part in z.split(at_once)])  # (points²,)
         log_pz = model.prior(z.shape[0]).log_prob(z).sum(1)
         cell = (axes[0][1] - axes[0][0]) * (axes[1][1] - axes[1][0])
         out.append(torch.logsumexp(log_px_z + log_pz, 0) + cell.log())
@@ -177,8 +190,10 @@ def bound_ordering(model, x: Tensor, ks=DEFAULT_KS, chunk: int = 250, seed: int 
     with the analytic KL, and for two latent units the quadrature log p(x).
     """
     torch.manual_seed(seed)
+    x = scale(x)
     ks = sorted(set(int(k) for k in ks))
     k_max = ks[-1]
+    chunk = max(1, min(chunk, PIXELS_AT_ONCE // x.numel()))  # the course's 250 for 200 digits
     log_w = torch.cat([model.log_weights(x, min(chunk, k_max - done)) for done in range(0, k_max, chunk)])  # (K_max, B)
     bounds = grouped_bounds(log_w, ks)
     n = x.shape[0]
@@ -239,6 +254,7 @@ def gradient_estimators(model, x: Tensor, samples: int = 2000, seed: int = 0) ->
     must be Gaussian (`Capabilities.gaussian_latent`).
     """
     _require_gaussian_latent(model, "the gradient estimators")
+    x = scale(x)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         qz = model.posterior(x)

@@ -1,12 +1,22 @@
-"""What every figure of this package shares: pyplot on the Agg backend, an atomic PNG writer, and
-images tiled into one grid (`torchvision.utils.make_grid`) for C = 1 (grey) or C = 3 (RGB).
+"""What every figure of this package shares: pyplot on the Agg backend, an atomic PNG writer,
+images tiled into one grid (`torchvision.utils.make_grid`) for C = 1 (grey) or C = 3 (RGB), and
+the size in inches that shows a grid of any (H, W) with square pixels.
 
 Grey images are shown with the reversed grey colormap, ink dark on white, as the course draws
 digits; RGB images as they are. `show_images` picks the right one.
+
+Figures are sized from the images, never from 28: `image_inches` gives a panel the aspect of
+what it shows, one figure pixel per image pixel where that fits between a least and a most size.
+The least sizes are the course's own, so its 28×28 figures keep the sizes they always had.
+
+`in_chunks` runs a model over many images a few at a time, so the plots of large colour images
+need no more memory than the course's 2,000 test digits did.
 """
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +30,8 @@ from model.io.atomic import atomic_write
 
 DPI = 80
 GRID_LINES = 0.25  # between tiles: light grey under the reversed grey colormap (0 is white)
+TITLE_CHARS_PER_INCH = 16  # of a fontsize-9 title: a longer one is wrapped to fit its panel
+PIXELS_AT_ONCE = 2000 * 784  # `in_chunks`: the course's 2,000 test digits in one pass, fewer larger images
 
 
 def pyplot():
@@ -61,3 +73,36 @@ def show_images(ax, grid: np.ndarray, **imshow):
     if grid.ndim == 2:
         imshow = {"cmap": "gray_r", "vmin": 0, "vmax": 1, **imshow}
     return ax.imshow(grid, interpolation="nearest", **imshow)
+
+
+def image_inches(pixels: tuple[int, int], least: float, most: float) -> tuple[float, float]:
+    """(width, height) in inches that show `pixels` (H, W) with square pixels.
+
+    The longer side gets one figure pixel per image pixel (at `DPI`), kept within [least, most] inches.
+    """
+    height, width = pixels
+    longer = min(max(max(height, width) / DPI, least), most)
+    return longer * width / max(height, width), longer * height / max(height, width)
+
+
+def fit_title(title: str, inches: float) -> str:
+    """`title` wrapped onto as many lines as a panel `inches` wide needs (fontsize 9)."""
+    return textwrap.fill(title, max(12, int(inches * TITLE_CHARS_PER_INCH)))
+
+
+def class_names(config) -> dict[int, str]:
+    """The name of each class label of a run (its TrainConfig), where its data names them (a folder's
+    subfolders); empty where the labels are their own names (the built-in data sets)."""
+    data = config.data
+    if data.class_names is None or data.class_labels is None:
+        return {}
+    return dict(zip((int(c) for c in data.class_labels), data.class_names))
+
+
+def in_chunks(fn: Callable[[Tensor], Tensor | dict[str, Tensor]], x: Tensor) -> Tensor | dict[str, Tensor]:
+    """`fn(x)` for a function of a batch (N, ...) returning (N, ...) tensors (or a dict of them),
+    applied to at most `PIXELS_AT_ONCE` pixels at a time and joined along the first axis."""
+    parts = [fn(chunk) for chunk in x.split(max(1, PIXELS_AT_ONCE // max(1, x[0].numel())))]
+    if isinstance(parts[0], dict):
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    return torch.cat(parts)

@@ -1,11 +1,16 @@
 """The course's plots of one run, as PNG files: `plot_run(RUN_DIR)` (the `vae plot` command).
 
-Data next to reconstructions (decoder means, and binary samples), the latent space (2σ posterior
+Data next to reconstructions (decoder means, and samples x ~ p(x|z) of the run's likelihood: binary
+under the course's Bernoulli, 8-bit levels under the discretized logistic), the latent space (2σ posterior
 ellipses over the prior for two Gaussian units, PCA / t-SNE otherwise), the learning curves, prior
 samples next to posterior samples, interpolations, the decoded manifold over [-3, 3]² and the KL
 per latent unit. The last three need a Gaussian latent (`Capabilities.gaussian_latent`). Kinds
 with plots of their own add them through `model.analysis.kind_plots.KIND_PLOTS`. The plots of a
 whole sweep are in `model.analysis.sweep_plots`.
+
+Images of any (C, H, W) are drawn: grey with the course's colormap, colour (C = 3) as RGB, each
+figure sized from H and W so pixels stay square (`model.analysis.figures.image_inches`). Classes
+are named as the run's data names them (`config.data.class_names`, e.g. a folder's subfolders).
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.manifold import TSNE
 from torch import Tensor
 
+from model.analysis.figures import (class_names, fit_title, image_grid, image_inches, in_chunks, pyplot, save_figure,
+                                    show_images)
+from model.analysis.kind_plots import KIND_PLOTS, MODE_OBSERVATIONS
+from model.core.labels import UNLABELLED
 from model.core.preprocess import scale
-from model.analysis.figures import image_grid, pyplot, save_figure, show_images
-from model.analysis.kind_plots import KIND_PLOTS
 from model.analysis.plot_names import GAUSSIAN_PLOTS
 from model.core.device import device_of
 from model.data.loading import load_data
@@ -36,11 +43,16 @@ PLOTS_DIR = "plots"
 PRIOR_RADIUS = 2.0  # the prior's 2σ disk, drawn behind the posterior ellipses
 MAX_ELLIPSES = 400  # more ellipses would hide the means under them
 CURVES = (("elbo", "ELBO"), ("kl", "KL(q(z|x) || p(z))"), ("log_px", "log p(x|z)"))
+# (least, most) inches of an image panel's longer side (figures.image_inches); the least are the
+# sizes the course's 28×28 figures always had.
+GRID_INCHES = (3.2, 8.0)  # an 8×8 grid
+TILE_INCHES = (0.6, 1.6)  # one image of a row of interpolations
+MANIFOLD_INCHES = (4.9, 4.9)  # the 20×20 manifold: an overview, the same size for every image size
 
 
-def _show(ax, grid: np.ndarray, title: str) -> None:
+def _show(ax, grid: np.ndarray, title: str, inches: float) -> None:
     show_images(ax, grid)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(fit_title(title, inches), fontsize=9)
     ax.axis("off")
 
 
@@ -49,32 +61,58 @@ def _colors(labels: np.ndarray):
     return [cmap(int(c) % 10) for c in labels]
 
 
-def _legend_for_classes(ax, labels: np.ndarray) -> None:
+def _legend_for_classes(ax, labels: np.ndarray, names: dict[int, str] | None = None) -> None:
     cmap = colormaps["tab10"]
-    handles = [Line2D([], [], marker="o", linestyle="", color=cmap(int(c) % 10), label=str(int(c)))
+    names = {UNLABELLED: "unlabelled", **(names or {})}
+    handles = [Line2D([], [], marker="o", linestyle="", color=cmap(int(c) % 10), label=names.get(int(c), str(int(c))))
                for c in np.unique(labels)]
     ax.legend(handles=handles, fontsize=7, loc="upper right", title="class", title_fontsize=7, ncol=2)
 
 
-def _posterior_means(model, x: Tensor) -> tuple[Tensor, str]:
-    """Decoder means at z ~ q(z|x) where the latent is Gaussian (as the course draws them), else at
-    the posterior mean; and which it was."""
+def _reconstruction_model(model, x: Tensor):
+    """p(x|z) at z ~ q(z|x) where the latent is Gaussian (as the course draws it), else at the
+    kind's posterior mean or mode (what its `reconstruct` decodes); and which it was. The
+    distribution is None for a kind that gives only its decoder means (no `MODE_OBSERVATIONS` entry)."""
+    x = scale(x)
     if model.capabilities.gaussian_latent:
-        return model.observation_model(model.posterior(x).rsample()).probs, "z ~ q(z|x)"
-    return model.reconstruct(x), "posterior mean"
+        return model.observation_model(model.posterior(x).rsample()), "z ~ q(z|x)"
+    observation = MODE_OBSERVATIONS.get(model.kind)
+    return (None if observation is None else observation(model, x)), "posterior mean"
+
+
+def _posterior_means(model, x: Tensor) -> tuple[Tensor, str]:
+    """Decoder means (B, C, H, W) of `_reconstruction_model`, and where they were decoded."""
+    px, how = _reconstruction_model(model, x)
+    return (model.reconstruct(x) if px is None else px.mean), how
 
 
 @torch.no_grad()
 def plot_reconstructions(model, x: Tensor, path: Path, nrow: int = 8) -> Path:
-    """Data, reconstructions as decoder means, and reconstructions as binary samples x ~ p(x|z)."""
+    """Data, reconstructions as decoder means, and as samples x ~ p(x|z) of the run's likelihood.
+
+    The samples are the distribution's own draws: binary under the course's Bernoulli, 8-bit levels
+    under the discretized logistic; the panel's title names the likelihood where it is not Bernoulli.
+    A kind that gives only decoder means (no `MODE_OBSERVATIONS` entry) is sampled only under the
+    Bernoulli, which its means determine; otherwise the sample panel is left out.
+    """
     plt = pyplot()
-    x = x[: nrow * nrow]
-    means, how = _posterior_means(model, x)
-    samples = torch.bernoulli(means)
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
-    _show(axes[0], image_grid(x, nrow), "data")
-    _show(axes[1], image_grid(means.reshape(x.shape), nrow), f"reconstruction: decoder mean ({how})")
-    _show(axes[2], image_grid(samples.reshape(x.shape).float(), nrow), "reconstruction: sample x ~ p(x|z)")
+    x = scale(x[: nrow * nrow])
+    px, how = _reconstruction_model(model, x)
+    bernoulli = model.likelihood.bernoulli
+    if px is None:  # a kind giving only decoder means: a Bernoulli is its mean, other likelihoods are not drawn
+        means = model.reconstruct(x)
+        samples = torch.bernoulli(means) if bernoulli else None
+    else:
+        means, samples = px.mean, px.sample().float()
+    panels = [("data", x), (f"reconstruction: decoder mean ({how})", means)]
+    if samples is not None:
+        panels.append(("reconstruction: sample x ~ p(x|z)" + ("" if bernoulli else f" ({model.likelihood.name})"),
+                       samples))
+    grids = [(title, image_grid(images.reshape(x.shape), nrow)) for title, images in panels]
+    width, height = image_inches(grids[0][1].shape[:2], *GRID_INCHES)
+    fig, axes = plt.subplots(1, len(grids), figsize=(len(grids) * width + 0.4, height + 0.4))
+    for ax, (title, grid) in zip(axes, grids):
+        _show(ax, grid, title, width)
     return save_figure(fig, path)
 
 
@@ -85,13 +123,17 @@ def _projection_pca(features: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, seed: int = 0) -> Path:
-    """Two latent units: posterior means and 2σ ellipses over the prior's 2σ disk; more: PCA (and t-SNE)."""
+def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, seed: int = 0,
+                names: dict[int, str] | None = None) -> Path:
+    """Two latent units: posterior means and 2σ ellipses over the prior's 2σ disk; more: PCA (and t-SNE).
+
+    Points are coloured by the labels y; `names` gives the legend's name of each label.
+    """
     plt = pyplot()
     labels = y.cpu().numpy()
     colors = _colors(labels)
     if model.capabilities.gaussian_latent and model.latent_features == 2:
-        encoded = model.encode(x)
+        encoded = in_chunks(model.encode, x)
         mu, sigma = encoded["mu"].cpu().numpy(), encoded["sigma"].cpu().numpy()
         fig, ax = plt.subplots(figsize=(5.2, 5))
         ax.add_patch(Circle((0, 0), PRIOR_RADIUS, color="0.85", zorder=0, label="p(z): 2σ"))
@@ -106,10 +148,10 @@ def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, see
         ax.set_xlabel("$z_1$")
         ax.set_ylabel("$z_2$")
         ax.set_title(f"q(z|x) over the prior: {len(mu):,} means, 2σ ellipses of {n_ellipses:,}", fontsize=9)
-        _legend_for_classes(ax, labels)
+        _legend_for_classes(ax, labels, names)
         return save_figure(fig, path)
 
-    features = model.features(x).cpu().numpy()
+    features = in_chunks(model.features, x).cpu().numpy()
     panels = [("PCA of posterior means", _projection_pca(features))]
     if tsne:
         keep = min(len(features), 1000)
@@ -119,7 +161,7 @@ def plot_latent(model, x: Tensor, y: Tensor, path: Path, tsne: bool = False, see
     for ax, (title, points) in zip(axes[0], panels):
         ax.scatter(points[:, 0], points[:, 1], c=colors[: len(points)], s=4)
         ax.set_title(f"{title} ({features.shape[1]} latent units)", fontsize=9)
-        _legend_for_classes(ax, labels)
+        _legend_for_classes(ax, labels, names)
     return save_figure(fig, path)
 
 
@@ -146,15 +188,21 @@ def plot_samples(model, x: Tensor, path: Path, nrow: int = 8) -> Path:
     n = nrow * nrow
     prior = model.sample(n)["probs"]
     posterior, _ = _posterior_means(model, x[:n])
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.8))
-    _show(axes[0], image_grid(prior.reshape(-1, *x.shape[1:]), nrow), "prior samples: z ~ p(z)")
-    _show(axes[1], image_grid(posterior.reshape(-1, *x.shape[1:]), nrow), "posterior samples: z ~ q(z|x)")
+    grid = image_grid(prior.reshape(-1, *x.shape[1:]), nrow)
+    width, height = image_inches(grid.shape[:2], *GRID_INCHES)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width + 0.6, height + 0.6))
+    _show(axes[0], grid, "prior samples: z ~ p(z)", width)
+    _show(axes[1], image_grid(posterior.reshape(-1, *x.shape[1:]), nrow), "posterior samples: z ~ q(z|x)", width)
     return save_figure(fig, path)
 
 
 @torch.no_grad()
 def plot_interpolations(model, x: Tensor, y: Tensor, path: Path, pairs: int = 6, steps: int = 10) -> Path:
-    """Decoder means along straight lines between the posterior means of two test images."""
+    """Decoder means along straight lines between the posterior means of two test images.
+
+    The pairs are of different classes, in data order; where the images have one class (or none),
+    consecutive images are paired instead.
+    """
     plt = pyplot()
     labels = y.cpu()
     starts, ends = [], []
@@ -165,12 +213,17 @@ def plot_interpolations(model, x: Tensor, y: Tensor, path: Path, pairs: int = 6,
             ends.append(j)
         if len(starts) == pairs:
             break
-    mu = model.features(x)
+    if not starts:  # one class, or unlabelled images: consecutive ones
+        count = min(pairs, len(labels) // 2)
+        starts, ends = list(range(0, 2 * count, 2)), list(range(1, 2 * count, 2))
+    mu = in_chunks(model.features, x)
     t = torch.linspace(0, 1, steps, device=mu.device)[None, :, None]  # (1, steps, 1)
     z = (1 - t) * mu[starts][:, None] + t * mu[ends][:, None]  # (pairs, steps, D)
     images = model.decode(z.reshape(-1, z.shape[-1]))
-    fig, ax = plt.subplots(figsize=(steps * 0.6, len(starts) * 0.6 + 0.4))
-    _show(ax, image_grid(images.reshape(-1, *x.shape[1:]), steps), "interpolations between posterior means")
+    width, height = image_inches(x.shape[-2:], *TILE_INCHES)
+    fig, ax = plt.subplots(figsize=(steps * width, len(starts) * height + 0.4))
+    _show(ax, image_grid(images.reshape(-1, *x.shape[1:]), steps), "interpolations between posterior means",
+          steps * width)
     return save_figure(fig, path)
 
 
@@ -182,9 +235,12 @@ def plot_manifold(model, path: Path, n: int = 20, limit: float = 3.0) -> Path:
     z2, z1 = torch.meshgrid(-axis, axis, indexing="ij")  # top row: largest z2
     z = torch.stack([z1.flatten(), z2.flatten()], 1).to(device_of(model))
     images = model.decode(z)
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    show_images(ax, image_grid(images.reshape(-1, *model.input_shape), n, pad=0),
-                extent=(-limit, limit, -limit, limit))
+    grid = image_grid(images.reshape(-1, *model.input_shape), n, pad=0)
+    width, height = image_inches(grid.shape[:2], *MANIFOLD_INCHES)
+    fig, ax = plt.subplots(figsize=(width + 0.6, height + 0.6))
+    # The axes run over [-limit, limit]² whatever the images' shape: square pixels need the aspect
+    # of the grid, not of the square extent.
+    show_images(ax, grid, extent=(-limit, limit, -limit, limit), aspect=grid.shape[0] / grid.shape[1])
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(f"decoder means over [-{limit:g}, {limit:g}]²", fontsize=9)
@@ -194,7 +250,7 @@ def plot_manifold(model, path: Path, n: int = 20, limit: float = 3.0) -> Path:
 @torch.no_grad()
 def unit_statistics(model, x: Tensor) -> dict[str, np.ndarray]:
     """Per latent unit: mean analytic KL(q(z_d|x) || N(0, 1)) over x, and Var_x of the posterior mean."""
-    encoded = model.encode(x)
+    encoded = in_chunks(model.encode, x)
     mu, sigma = encoded["mu"], encoded["sigma"]
     kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 1) - sigma.log()  # (B, D)
     return {"kl": kl.mean(0).cpu().numpy(), "mean_variance": mu.var(0).cpu().numpy()}
@@ -242,7 +298,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bo
         data = load_data(config.replace(data_dir=data_dir) if data_dir else config)
     test = data.test
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.seed))[:images]
-    x, y = scale(test.x[pick]), test.y[pick]
+    x, y = test.x[pick], test.y[pick]  # uint8 as loaded: each plot scales what it draws
     torch.manual_seed(config.seed)
     written = []
     metrics = read_jsonl(run_dir / METRICS)
@@ -253,7 +309,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, tsne: bo
     if "samples" in wanted:
         written.append(plot_samples(model, x, out / "samples.png"))
     if "latent" in wanted:
-        written.append(plot_latent(model, x, y, out / "latent.png", tsne=tsne, seed=config.seed))
+        written.append(plot_latent(model, x, y, out / "latent.png", tsne=tsne, seed=config.seed,
+                                   names=class_names(config)))
     gaussian = model.capabilities.gaussian_latent
     if gaussian:
         if "interpolations" in wanted:

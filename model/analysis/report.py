@@ -4,6 +4,10 @@
 comparison.md, learning_curves.png and rate_distortion.png. `write_report(SWEEP_DIR)` (`vae report`)
 adds every run's plots and report.md, which holds the tables (overall and per class), the training
 budget and the figures. The sweep directory's layout and record are `model.analysis.sweep`'s.
+
+Classes are called digits for the digit data sets (`DIGIT_DATASETS`) and classes otherwise, each
+shown by its name where the run's data names it (a folder's subfolders). Runs of different
+likelihoods measure log p(x) in different units, and the report says so beside the table.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from model.analysis.plots import plot_run
 from model.analysis.sweep import RUNS_DIR, load_shared, read_sweep_record
 from model.analysis.sweep_plots import plot_overlaid_curves, plot_rate_distortion
 from model.config.train import TrainConfig
+from model.core.labels import UNLABELLED
 from model.data.base import DataBundle, Split
 from model.io.atomic import read_jsonl, write_bytes, write_json
 from model.runs.checkpoint import CONFIG, EVALUATION, METRICS, is_complete, load_checkpoint
@@ -26,6 +31,7 @@ COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
 REPORT_MD = "report.md"
 REPORT_DIR = "report"
+DIGIT_DATASETS = ("mnist", "embedded")  # whose classes the tables call digits
 
 
 @dataclass(frozen=True)
@@ -120,13 +126,33 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def class_word(runs: list[RunSummary]) -> str:
+    """"digit" where every run is of a digit data set (`DIGIT_DATASETS`), else "class"."""
+    return "digit" if all(r.config.get("dataset", "mnist") in DIGIT_DATASETS for r in runs) else "class"
+
+
+def class_names(runs: list[RunSummary]) -> dict[int, str]:
+    """Each label's name as the first run whose data names it records it (config.json's class_names)."""
+    names: dict[int, str] = {UNLABELLED: "unlabelled"}
+    for r in runs:
+        for label, name in zip(r.config.get("class_labels") or (), r.config.get("class_names") or ()):
+            names.setdefault(int(label), name)
+    return names
+
+
+def class_headers(runs: list[RunSummary], labels: list[int]) -> list[str]:
+    """A table header per label: "digit 3", or "class NAME" with the name a run's data gives it."""
+    names, word = class_names(runs), class_word(runs)
+    return [f"{word} {names.get(label, label)}" for label in labels]
+
+
 def per_class_table(runs: list[RunSummary]) -> str:
-    """Per digit: reconstruction MSE and IWAE log p(x) of each evaluated run."""
+    """Per digit (or class): reconstruction MSE and IWAE log p(x) of each evaluated run."""
     evaluated = [r for r in runs if r.evaluation.get("per_class")]
     if not evaluated:
         return ""
     digits = sorted({int(d) for r in evaluated for d in r.evaluation["per_class"]})
-    lines = ["| run | " + " | ".join(f"digit {d}" for d in digits) + " |", "|" + "---|" * (len(digits) + 1)]
+    lines = ["| run | " + " | ".join(class_headers(evaluated, digits)) + " |", "|" + "---|" * (len(digits) + 1)]
     for r in evaluated:
         cells = []
         for d in digits:
@@ -161,6 +187,8 @@ def confusion_summary(run_dir: Path, test: Split) -> dict[str, dict] | None:
                                for i in range(0, len(test), 1000)])
     out = {}
     for digit in torch.unique(test.y).tolist():
+        if digit == UNLABELLED:
+            continue
         mine = predicted[test.y == digit]
         wrong = mine[mine != digit]
         out[str(digit)] = {"recall": float((mine == digit).float().mean()),
@@ -170,10 +198,15 @@ def confusion_summary(run_dir: Path, test: Split) -> dict[str, dict] | None:
     return out
 
 
-def confusion_table(confusions: dict[str, dict]) -> str:
-    """Markdown: per run and digit, 'recall % (→ most frequent wrong digit, its share %)'."""
+def confusion_table(confusions: dict[str, dict], runs: list[RunSummary] = ()) -> str:
+    """Markdown: per run and digit, 'recall % (→ most frequent wrong digit, its share %)'.
+
+    `runs` name the classes in the headers (`class_headers`); without them they are digits.
+    """
     digits = sorted({int(d) for c in confusions.values() for d in c})
-    lines = ["| run | " + " | ".join(f"digit {d}" for d in digits) + " |", "|" + "---|" * (len(digits) + 1)]
+    headers = class_headers(list(runs), digits) if runs else [f"digit {d}" for d in digits]
+    names = class_names(list(runs))
+    lines = ["| run | " + " | ".join(headers) + " |", "|" + "---|" * (len(digits) + 1)]
     for name, per_digit in confusions.items():
         cells = []
         for d in digits:
@@ -183,7 +216,8 @@ def confusion_table(confusions: dict[str, dict]) -> str:
             elif c["confused_with"] is None:
                 cells.append(f"{100 * c['recall']:.1f}%")
             else:
-                cells.append(f"{100 * c['recall']:.1f}% (→{c['confused_with']} {100 * c['confused_share']:.1f}%)")
+                wrong = names.get(c["confused_with"], c["confused_with"])
+                cells.append(f"{100 * c['recall']:.1f}% (→{wrong} {100 * c['confused_share']:.1f}%)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -253,17 +287,29 @@ def _run_sections(sweep_dir: Path, runs: list[RunSummary], *, tsne: bool, log) -
     return parts, confusions
 
 
+def likelihood_note(runs: list[RunSummary]) -> str:
+    """A warning where the runs' log p(x) are in different units (runs of several likelihoods), else ""."""
+    likelihoods = sorted({r.config.get("likelihood", "bernoulli") for r in runs if r.config})
+    if len(likelihoods) < 2:
+        return ""
+    return (f"The runs use different likelihoods ({', '.join(likelihoods)}): log p(x) under the course's Bernoulli "
+            "(grey levels as soft targets) and under the discretized logistic (8-bit levels) are not in the same "
+            "units, so compare the bounds only between runs of one likelihood.")
+
+
 def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = False, log=print) -> Path:
     """Write SWEEP_DIR/report.md with the comparison, per-class table, budget and figures."""
     sweep_dir = Path(sweep_dir)
     write_comparison(sweep_dir)
     record, runs = collect(sweep_dir)
     rows = [comparison_row(r) for r in runs]
+    note = likelihood_note(runs)
     parts = [f"# Sweep `{record['name']}`", "", record.get("description", "").strip(), "",
              f"Regenerate: `vae sweep {record.get('source', 'SWEEP_FILE')}"
              f"{' --quick' if record.get('quick') else ''} --out {sweep_dir}` then `vae report {sweep_dir}`.", "",
              "## Budget", "", _budget(record, runs), "",
              "## Comparison (test set, nats per image)", "", comparison_table(rows), "",
+             *([note, ""] if note else []),
              "IWAE log p(x) is the importance-weighted bound L_K with the K shown; active units have "
              "Var_x E_q[z_d] > 0.01; the classifier is logistic regression on the posterior means; "
              "reconstruction MSE is per pixel, decoder mean at the posterior mean.", "",
@@ -272,14 +318,15 @@ def write_report(sweep_dir: str | Path, *, run_plots: bool = True, tsne: bool = 
     kinds = kind_table(rows)
     if kinds:
         parts += ["## Kind-specific evaluation", "", kinds, ""]
+    word = class_word(runs)
     per_class = per_class_table(runs)
     if per_class:
-        parts += ["## Per digit (reconstruction MSE / IWAE log p(x))", "", per_class, ""]
+        parts += [f"## Per {word} (reconstruction MSE / IWAE log p(x))", "", per_class, ""]
     if run_plots:
         run_parts, confusions = _run_sections(sweep_dir, runs, tsne=tsne, log=log)
         if confusions:
-            parts += ["## Latent classifier per digit (test recall, → the digit most often predicted instead)", "",
-                      confusion_table(confusions), ""]
+            parts += [f"## Latent classifier per {word} (test recall, → the {word} most often predicted instead)",
+                      "", confusion_table(confusions, runs), ""]
         parts += run_parts
     path = sweep_dir / REPORT_MD
     write_bytes(path, "\n".join(parts).encode())

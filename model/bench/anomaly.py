@@ -1,7 +1,8 @@
 """`vae bench anomaly`: the AUROC of every anomaly score on the benchmarks of `model.bench.config`.
 
 Every case trains a fresh model (and, for the likelihood ratio, a background model on perturbed
-inputs) with `model.anomaly.companions.fit_model`, scores the test images in batches and reports
+inputs) with `model.anomaly.companions.fit_model` (the bench's MLP and Bernoulli likelihood, for
+images of any shape: a folder's colour images too), scores the test images in batches and reports
 the AUROC of each score with its wall time. Scoring goes through `model.anomaly.scoring.score_split`,
 as calibration does: −L_K is computed once and shared by the scores built on it
 (`model.anomaly.registry.NLL_SCORES`), so they all see the same importance samples.
@@ -32,8 +33,9 @@ from model.anomaly.companions import fit_model
 from model.anomaly.registry import NLL_SCORES, SCORES
 from model.anomaly.scoring import score_split
 from model.bench.config import BenchConfig, benchmark_data
-from model.config.train import TrainConfig
-from model.data.base import Split
+from model.config.train import FOLDER_DATASETS, TrainConfig
+from model.core.labels import UNLABELLED
+from model.data.base import DataError, Split
 from model.data.loading import load_raw
 from model.data.registry import DATASETS
 from model.data.transforms import filter_classes
@@ -51,10 +53,39 @@ class Case:
     epochs: int
 
 
-def _load(name: str, root: str, cache: dict[str, tuple[Split, Split]]) -> tuple[Split, Split]:
+def data_dir(name: str, config: BenchConfig) -> str:
+    """Where the bench reads the data set `name`: DATA_ROOT/name, or --folder for a folder of images."""
+    if name in FOLDER_DATASETS and config.folder is not None:
+        return config.folder
+    return str(Path(config.data_root) / name)
+
+
+def _load(name: str, config: BenchConfig, cache: dict[str, tuple[Split, Split]]) -> tuple[Split, Split]:
     if name not in cache:
-        cache[name] = load_raw(name, str(Path(root) / name))
+        cache[name] = load_raw(name, data_dir(name, config))
     return cache[name]
+
+
+def one_class_labels(name: str, train: Split, test: Split, config: BenchConfig) -> tuple[int, ...]:
+    """The classes of `oneclass-<name>`: --classes, else the data set's, else (a folder) those its
+    training images have; each must have test images of its own and of other classes."""
+    known = DATASETS[name].classes
+    if known is None:
+        known = tuple(sorted(set(train.y.tolist()) - {UNLABELLED}))
+        if not known:
+            raise DataError(f"oneclass-{name}: {data_dir(name, config)} has no labelled training images; a one-class "
+                            "benchmark needs classes: class subfolders (DIR/<class>/*.png), train/ and test/ of "
+                            "class subfolders, or the MVTec AD layout (train/good, test/<good|defect>)")
+    labels = tuple(config.classes or known)
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise DataError(f"classes: {name} has the labels {list(known)}, got {unknown}")
+    for c in labels:
+        normal = int((test.y == c).sum())
+        if normal == 0 or normal == len(test):
+            raise DataError(f"oneclass-{name} class {c}: its test images hold {normal} of class {c} and "
+                            f"{len(test) - normal} of other classes; an AUROC needs some of each")
+    return labels
 
 
 def _subset(x: Tensor, anomalous: Tensor, n: int | None, seed: int) -> tuple[Tensor, Tensor]:
@@ -68,13 +99,13 @@ def cases(config: BenchConfig, cache: dict[str, tuple[Split, Split]]) -> Iterato
     """Yield the cases of every benchmark, loading each data set once into `cache`."""
     for benchmark in config.benchmarks:
         normal, other = benchmark_data(benchmark)
-        train, test = _load(normal, config.data_root, cache)
+        train, test = _load(normal, config, cache)
         if other is None:
-            for c in config.classes or DATASETS[normal].classes:
+            for c in one_class_labels(normal, train, test, config):
                 x, anomalous = _subset(test.x, test.y != c, config.test_subset, config.seed + c)
                 yield Case(benchmark, f"class {c}", filter_classes(train, [c]).x, x, anomalous, config.epochs)
             continue
-        _, ood = _load(other, config.data_root, cache)
+        _, ood = _load(other, config, cache)
         n = None if config.test_subset is None else config.test_subset // 2
         x_in, _ = _subset(test.x, torch.zeros(len(test), dtype=torch.bool), n, config.seed)
         x_out, _ = _subset(ood.x, torch.ones(len(ood), dtype=torch.bool), n, config.seed + 1)

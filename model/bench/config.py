@@ -4,7 +4,10 @@ Benchmarks (results and anchors in docs/anomaly.md):
 
 - `oneclass-<data>` (Ruff et al. 2018), for every data set of `model.data.registry`: for each class
   c, train on the training images of class c only, score the test set; normal = test images of
-  class c, anomalous = the other classes.
+  class c, anomalous = the other classes. `oneclass-folder` does this for a folder of your own
+  images (`--folder`), with the classes its training images have: class subfolders, train/ and
+  test/ of class subfolders, or MVTec AD (one case: good against the defects). A flat folder has
+  no classes and is refused.
 - `<a>-vs-<b>` (Nalisnick et al. 2019): train on all of data set a, score a's test set (normal)
   against b's test set (anomalous). `fashion-mnist-vs-mnist` is where the likelihood fails;
   `embedded-vs-fashion-mnist` is the quickstart's case (the embedded digits against garments).
@@ -49,6 +52,8 @@ class BenchConfig:
     benchmarks: tuple[str, ...] = setting(("oneclass-mnist", "oneclass-fashion-mnist", "mnist-vs-fashion-mnist",
                                            "fashion-mnist-vs-mnist"), "the benchmarks to run", BENCHMARKS)
     data_root: str = setting("../shared/data", "folder holding a folder per data set (mnist/, fashion-mnist/)")
+    folder: str | None = setting(None, "oneclass-folder: your images, in class subfolders, train/ and test/ of "
+                                       "class subfolders, or MVTec AD (default: DATA_ROOT/folder)")
     classes: tuple[int, ...] | None = setting(None, "one-class benchmarks: the normal classes (default: every "
                                                     "class of the data set)")
     scores: tuple[str, ...] = setting(ALL_SCORES, "the anomaly scores to measure (default: all)", ALL_SCORES)
@@ -76,6 +81,8 @@ class BenchConfig:
         one_class = [benchmark_data(b)[0] for b in self.benchmarks if b in BENCHMARKS and b.startswith(ONE_CLASS)]
         for name in one_class if self.classes is not None else ():
             known = DATASETS[name].classes
+            if known is None:  # a folder: its classes are known once it is loaded (model.bench.anomaly.cases)
+                continue
             if not self.classes or not set(self.classes) <= set(known):
                 problems.append(f"classes: {name} has the labels {list(known)}, got {list(self.classes)}")
         if min(self.epochs, self.ood_epochs, self.k, *self.k_sweep, 1) < 1 or self.background_epochs < 0:

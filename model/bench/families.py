@@ -5,6 +5,14 @@ of several kinds, blank and saturated images, geometric and photometric transfor
 common corruptions in the style of MNIST-C (Mu & Gilmer 2019). `vae bench ood` scores a run's
 normal test images against each family; docs/anomaly.md describes them one by one.
 
+Colour and non-square images: every family keeps x's shape (N, C, H, W), dtype and range. The
+noise of uniform_noise and gaussian_noise is drawn per subpixel (colour noise for C = 3); the
+black-or-white families (binary_noise, sparse_noise, impulse) draw one value per pixel and set all
+its channels, so their specks stay black and white in colour as in grey (for C = 1 the draws are
+the same as ever). fog adds one grey haze to every channel. rotate_90 of a non-square image is
+turned, then stretched back to (H, W) by `model.core.preprocess.prepare` (bilinear, antialiased:
+`vae train`'s default), which is what serving a turned photo to the run would do.
+
 `HELD_OUT` was fixed before any score was designed against this suite: those families are
 reported in their own column and were not looked at while choosing the default score.
 """
@@ -21,11 +29,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from model.core.preprocess import Preprocessing, prepare, scale
+
 Family = Callable[[Tensor, torch.Generator], Tensor]
 
 
 def _like(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.rand(x.shape, generator=generator, dtype=x.dtype)
+
+
+def _per_pixel(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Uniform draws (N, 1, H, W), one per pixel, to set all of a pixel's channels alike."""
+    return torch.rand((x.shape[0], 1, *x.shape[-2:]), generator=generator, dtype=x.dtype)
 
 
 def uniform_noise(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -35,7 +50,7 @@ def uniform_noise(x: Tensor, generator: torch.Generator) -> Tensor:
 
 def binary_noise(x: Tensor, generator: torch.Generator) -> Tensor:
     """Every pixel black or white with probability 1/2."""
-    return (_like(x, generator) < 0.5).to(x.dtype)
+    return (_per_pixel(x, generator) < 0.5).to(x.dtype).expand_as(x).clone()
 
 
 def gaussian_noise(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -45,7 +60,7 @@ def gaussian_noise(x: Tensor, generator: torch.Generator) -> Tensor:
 
 def sparse_noise(x: Tensor, generator: torch.Generator) -> Tensor:
     """White specks on black: each pixel white with probability 0.1."""
-    return (_like(x, generator) < 0.1).to(x.dtype)
+    return (_per_pixel(x, generator) < 0.1).to(x.dtype).expand_as(x).clone()
 
 
 def blank(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -67,10 +82,13 @@ def flip_vertical(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def rotate_90(x: Tensor, generator: torch.Generator) -> Tensor:
-    """A quarter turn (square images; others are turned and resized back)."""
+    """A quarter turn; a non-square image is turned, then stretched back to (H, W) as the run's
+    preprocessing would (`model.core.preprocess.prepare`, bilinear and antialiased, on 8-bit levels)."""
     turned = x.rot90(1, dims=(-2, -1))
-    return turned if turned.shape == x.shape else F.interpolate(turned, size=x.shape[-2:], mode="bilinear",
-                                                                align_corners=False)
+    if turned.shape == x.shape:
+        return turned
+    levels = (turned.clamp(0, 1) * 255).round().to(torch.uint8)
+    return scale(prepare(levels, Preprocessing(tuple(x.shape[1:])))).to(x.dtype)
 
 
 def shift(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -148,8 +166,8 @@ def zigzag(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def impulse(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Salt-and-pepper: 10 % of the pixels set to black or white."""
-    u = _like(x, generator)
+    """Salt-and-pepper: 10 % of the pixels set to black or white (all their channels)."""
+    u = _per_pixel(x, generator)
     return torch.where(u < 0.05, torch.zeros_like(x), torch.where(u < 0.1, torch.ones_like(x), x))
 
 

@@ -15,6 +15,7 @@ from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_g
 from model.core.images import check_images
 from model.core.likelihoods import get_likelihood
 from model.core.noise import Noise, rsample
+from model.core.preprocess import scale
 from model.core.objectives import (
     ElboTerms, ImportanceWeightedObjective, VariationalInference, elbo_terms_from_outputs, reduce_to,
 )
@@ -65,7 +66,7 @@ class VariationalAutoencoder(nn.Module):
 
     def posterior(self, x: Tensor) -> ReparameterizedDiagonalGaussian:
         """q(z|x) = N(mu(x), sigma(x)²), batch shape (B, latent)."""
-        return diagonal_gaussian(self.encoder(x.reshape(x.shape[0], *self.input_shape)))
+        return diagonal_gaussian(self.encoder(scale(x).reshape(x.shape[0], *self.input_shape)))
 
     def prior(self, batch_size: int = 1) -> ReparameterizedDiagonalGaussian:
         """p(z) = N(0, I), batch shape (batch_size, latent)."""
