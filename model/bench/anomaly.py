@@ -127,6 +127,7 @@ CALIBRATION_IMAGES = 1000  # training images that standardise a derived score's 
 def run_case(case: Case, config: BenchConfig) -> dict:
     """Train the case's model (and background model), score its test images, return the AUROCs."""
     train_config = TrainConfig.of(latent_features=config.latent_features, hidden=config.hidden, kl="analytic",
+                                  arch=config.arch, conv_channels=config.conv_channels,
                                   epochs=case.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                                   input_shape=tuple(case.train_x.shape[1:]))
     started = time.perf_counter()

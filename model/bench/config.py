@@ -59,6 +59,8 @@ class BenchConfig:
     scores: tuple[str, ...] = setting(ALL_SCORES, "the anomaly scores to measure (default: all)", ALL_SCORES)
     latent_features: int = setting(16, "latent units of every model")
     hidden: tuple[int, ...] = setting((256, 128), "encoder hidden widths; the decoder mirrors them")
+    arch: str = setting("mlp", "network of every model (model.nets.registry)", ("mlp", "conv"))
+    conv_channels: tuple[int, ...] = setting((32, 64, 128), "--arch conv: channels of each stride-2 stage")
     epochs: int = setting(20, "epochs of each one-class model")
     ood_epochs: int = setting(10, "epochs of each model trained on a whole data set")
     background_epochs: float = setting(0.5, "background-model epochs as a fraction of the model's (rounded up)")
