@@ -32,6 +32,7 @@ from model.runs.finish import finish
 from model.training.loop import NonFiniteLoss, epoch_batches, fit_epoch
 
 RECORDED = ("input_shape", "class_labels", "class_names", "arch")  # written by `train` from the data, not chosen
+LOADING_ONLY = ("memory_budget", "data_workers")  # how a folder is read, never what is trained: free on resume
 
 
 def _check_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig | None:
@@ -41,17 +42,18 @@ def _check_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool
         if not has_run:
             raise TrainingError(f"--resume: {out} holds no run to resume ({ckpt.CONFIG} is missing)")
         saved = TrainConfig.load(out / ckpt.CONFIG)
-        # Only the epoch budget may change on resume; anything else would be another experiment.
+        # Only the epoch budget (and how a folder is loaded) may change on resume; anything else would
+        # be another experiment.
         # The recorded fields count only where the request names them.
         given, kept = config.to_dict(), saved.to_dict()
         differing = {k for k, v in given.items()
-                     if k != "epochs" and kept[k] != v and not (k in RECORDED and v is None)}
+                     if k != "epochs" and k not in LOADING_ONLY and kept[k] != v and not (k in RECORDED and v is None)}
         if differing:
             raise TrainingError(
                 f"--resume: the settings {sorted(differing)} differ from the run in {out}; "
-                "only --epochs may change when resuming"
+                "only --epochs (and --memory-budget, --data-workers) may change when resuming"
             )
-        return saved.replace(epochs=config.optim.epochs)
+        return saved.replace(epochs=config.optim.epochs, **{k: given[k] for k in LOADING_ONLY})
     if has_run and not overwrite:
         raise TrainingError(
             f"{out} already holds a run; pass --resume to continue it, --overwrite to start afresh, "
