@@ -31,7 +31,7 @@ from model.io.atomic import atomic_write
 DPI = 80
 GRID_LINES = 0.25  # between tiles: light grey under the reversed grey colormap (0 is white)
 TITLE_CHARS_PER_INCH = 16  # of a fontsize-9 title: a longer one is wrapped to fit its panel
-PIXELS_AT_ONCE = 2000 * 784  # `in_chunks`: the course's 2,000 test digits in one pass, fewer larger images
+PIXELS_AT_ONCE = 1_568_000  # `in_chunks`: pixels encoded in one pass (about 6 MiB of float32), fewer larger images
 
 
 def pyplot():

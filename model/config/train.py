@@ -33,7 +33,8 @@ from model.core.preprocess import RESIZE_MODES, Preprocessing
 BINARIZE_MODES = ("none", "dynamic", "static")
 OBJECTIVES = ("elbo", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
-# What a run written before `input_shape` and `class_labels` were recorded was trained on.
+# Not a default image size: the recorded fact of what every run written before `input_shape` and
+# `class_labels` were recorded (format 1 as first shipped) was trained on. New runs always record both.
 LEGACY_INPUT_SHAPE = (1, 28, 28)
 LEGACY_CLASS_LABELS = tuple(range(10))
 FOLDER_DATASETS = ("folder",)  # data sets of a user's own images: their runs default to --arch conv
