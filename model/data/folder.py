@@ -172,7 +172,7 @@ def _grey(mode: str) -> bool:
 
 
 class _Decode(Dataset):
-    """Decode and prepare each entry: (index, uint8 (C, H, W) or None, notes, mode, error or None)."""
+    """Decode and prepare each entry: (index, uint8 (C, H, W) or None, mask or None, notes, error or None)."""
 
     def __init__(self, paths: list[Path], preprocessing: Preprocessing, masks: list[Path | None]):
         self.paths, self.preprocessing, self.masks = paths, preprocessing, masks
@@ -196,10 +196,10 @@ class _Decode(Dataset):
             resized = self.preprocessing.resize_note(decoded.size)
             if resized:
                 notes.append("resized")
-            return i, pixels, mask, tuple(notes), decoded.mode, None
+            return i, pixels, mask, tuple(notes), None
         except ImageError as error:
             reason = str(error).removeprefix(f"{self.paths[i]}: ").removeprefix(f"{self.masks[i]}: ")
-            return i, None, None, (), "", reason
+            return i, None, None, (), reason
 
 
 def _collate(items):
@@ -371,7 +371,7 @@ def _decode_all(entries: list[Entry], scan: Scan, preprocessing: Preprocessing, 
     kept, skipped, notes = [], [], {}
     count = 0
     for batch in loader:
-        for i, pixels, mask, these_notes, _, error in batch:
+        for i, pixels, mask, these_notes, error in batch:
             if error is not None:
                 skipped.append((str(entries[i].path), error))
                 continue

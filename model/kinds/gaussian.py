@@ -80,8 +80,7 @@ class VariationalAutoencoder(nn.Module):
 
     def forward(self, x: Tensor, noise: Noise | None = None) -> dict:
         """Encode, sample z ~ q(z|x) once, decode: `{"px", "pz", "qz", "z"}`."""
-        x = check_images(x, self.input_shape)
-        qz = self.posterior(x)
+        qz = self.posterior(x)  # scales uint8 images; the objectives scale theirs before log p(x|z)
         pz = self.prior(batch_size=x.shape[0])
         z = rsample(qz, (), noise)
         return {"px": self.observation_model(z), "pz": pz, "qz": qz, "z": z}
