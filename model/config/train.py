@@ -62,6 +62,9 @@ class DataConfig:
     resize: str = setting("bilinear", "how an image of another size is brought to --image-size (aspect "
                                       "ratio not kept)", tuple(RESIZE_MODES))
     antialias: bool = setting(True, "low-pass filter before shrinking (bilinear and bicubic)")
+    validation_dir: str | None = setting(None, "--dataset folder: labelled validation images, good/ and defect "
+                                               "subfolders, to choose each anomaly score's F1-maximising threshold "
+                                               "(an MVTec folder's own validation/ is read without it)")
     test_fraction: float = setting(0.2, "fraction of a folder's images held out as the test split when it "
                                         "has no test/ folder (drawn with a fixed seed, whatever --seed)")
     memory_budget: int = setting(4096, "MiB of decoded uint8 images a folder may hold in memory; a larger "
@@ -102,6 +105,9 @@ class DataConfig:
             problems.append(f"test_fraction: expected a number in (0, 1), got {self.test_fraction}")
         if self.memory_budget < 0 or self.data_workers < 0:
             problems.append(f"memory_budget, data_workers: expected >= 0, got {self.memory_budget}, {self.data_workers}")
+        if self.validation_dir is not None and self.dataset not in FOLDER_DATASETS:
+            problems.append(f"validation_dir: labelled validation images are read for --dataset folder, got "
+                            f"--dataset {self.dataset}")
         if self.dataset in FOLDER_DATASETS and not self.data_dir:
             problems.append(f"data_dir: --dataset {self.dataset} reads your images from --data-dir, got none")
         raise_problems(TITLE, problems)

@@ -54,10 +54,14 @@ class DataBundle:
     info: dict = field(default_factory=dict)  # what loading found and did (evaluation.json's "data")
     test_masks: Tensor | None = None  # (N_test, 1, H, W) uint8 0/1 defect masks (MVTec AD layout), or None
     class_names: tuple[str, ...] | None = None  # the name of each label, where the data has names
+    # Labelled validation images, y = 1 anomalous, 0 normal (a folder's validation/ or --validation-dir):
+    # they choose the F1 thresholds (`model.anomaly.calibration.F1Threshold`), never trained on.
+    labelled_validation: Split | None = None
 
     def to(self, device) -> "DataBundle":
-        return dataclasses.replace(self, train=self.train.to(device), validation=self.validation.to(device),
-                                   test=self.test.to(device))
+        return dataclasses.replace(
+            self, train=self.train.to(device), validation=self.validation.to(device), test=self.test.to(device),
+            labelled_validation=None if self.labelled_validation is None else self.labelled_validation.to(device))
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class RawData:
     """What a data set's `load` returns: uint8 images (N, C, H, W) and int64 labels per split.
 
     test_masks: per test image a (1, H, W) uint8 0/1 defect mask (zeros where none), or None.
+    labelled: normal (y = 0) and anomalous (y = 1) validation images for F1 thresholds, or None.
     validation: given only where the loader must draw it (a streamed folder keeps each split one
         contiguous run of its disk cache); otherwise `load_data` carves it with the run's seed.
     report: what loading found and did (layout, counts, skipped files, conversions), for evaluation.json.
@@ -78,6 +83,7 @@ class RawData:
     test_masks: Tensor | None = None
     report: dict = field(default_factory=dict)
     streamed: bool = False
+    labelled: tuple[Tensor, Tensor] | None = None  # labelled validation images, y = 1 anomalous (folders)
 
 
 @dataclass(frozen=True)

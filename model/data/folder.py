@@ -5,6 +5,11 @@
     train-test  DIR/train/..., DIR/test/...   each part flat or class subfolders
     mvtec       DIR/train/good/, DIR/test/<good|defect>/, DIR/ground_truth/<defect>/<name>_mask.png
                 (MVTec AD: trains on train/good; the test images keep their labels, good = 0, and masks)
+                and optionally DIR/validation/<good|defect>/: labelled validation images
+
+Labelled validation images (normal ones in `good/`, anomalous ones in any other subfolder) come from
+an MVTec folder's `validation/` or, for any layout, from `--validation-dir`. They are kept apart
+(`RawData.labelled`, 1 = anomalous) to choose each score's F1-maximising threshold, never trained on.
 
 A layout without a test part gives `--test-fraction` of its images to the test split, drawn with
 `SPLIT_SEED` whatever the run's seed, so every run on a folder is tested on the same images.
@@ -48,7 +53,7 @@ from model.data.base import DataError, RawData, default_cache_dir
 from model.io.images import GREY_MODES, IMAGE_SUFFIXES, ImageError, decode_image
 
 SPLIT_SEED = 20202
-PARTS = ("train", "validation", "test")
+PARTS = ("train", "validation", "test", "labelled")  # labelled: anomalous and normal validation images
 MASK_SUFFIX = "_mask"
 SHOWN = 5  # files named in a warning before "and N more"
 CACHE_VERSION = 1
@@ -110,7 +115,20 @@ def _scan_part(folder: Path, part: str, scan: Scan) -> None:
             scan.ignored.append((path, "not an image file"))
 
 
-def scan_folder(root: Path) -> Scan:
+def _scan_labelled(folder: Path, scan: Scan, name: str) -> None:
+    """Labelled validation images: `folder/good/` (normal) and `folder/<defect>/` (anomalous)."""
+    if not folder.is_dir():
+        raise DataError(f"{name} {folder}: no such directory; expected good/ and defect subfolders of images")
+    before = len(scan.entries)
+    _scan_part(folder, "labelled", scan)
+    found = scan.entries[before:]
+    classes = {e.class_name for e in found}
+    if None in classes or "good" not in classes or len(classes) < 2:
+        raise DataError(f"{name} {folder}: expected subfolders good/ (normal images) and at least one of "
+                        f"anomalous images (e.g. scratch/), got {sorted(str(c) for c in classes) or 'no images'}")
+
+
+def scan_folder(root: Path, validation_dir: Path | None = None) -> Scan:
     """The layout of `root` and every file in it, each an image entry or ignored with a reason."""
     if not root.is_dir():
         raise DataError(f"--data-dir {root}: no such directory; expected a folder of images "
@@ -125,6 +143,8 @@ def scan_folder(root: Path) -> Scan:
                 scan.ignored.append((path, "not an image file" if inside_good else "outside train/good (MVTec "
                                      "trains on good images only)"))
         _scan_part(root / "test", "test", scan)
+        if (root / "validation").is_dir():
+            _scan_labelled(root / "validation", scan, "validation/")
         scan.entries = [Entry(e.path, e.part, e.class_name or "good") for e in scan.entries]
         truth = root / "ground_truth"
         if truth.is_dir():
@@ -155,6 +175,11 @@ def scan_folder(root: Path) -> Scan:
                         f"class subfolders, in train/ and test/, or in the MVTec AD layout, found none{others}")
     if scan.layout == "mvtec" and not any(e.part == "train" for e in scan.entries):
         raise DataError(f"--data-dir {root}: the MVTec AD layout trains on train/good, which holds no images")
+    if validation_dir is not None:
+        if any(e.part == "labelled" for e in scan.entries):
+            raise DataError(f"--validation-dir {validation_dir}: --data-dir {root} has its own validation/ folder; "
+                            "expected one source of labelled validation images, got both")
+        _scan_labelled(validation_dir, scan, "--validation-dir")
     return scan
 
 
@@ -217,7 +242,7 @@ def _cache_key(root: Path, entries: list[Entry], preprocessing: Preprocessing, v
 
 
 def _labels(scan: Scan) -> tuple[dict[str, int], tuple[str, ...] | None]:
-    names = sorted({e.class_name for e in scan.entries if e.class_name is not None})
+    names = sorted({e.class_name for e in scan.entries if e.class_name is not None and e.part != "labelled"})
     if not names:
         return {}, None
     if scan.layout == "mvtec":
@@ -236,7 +261,7 @@ def _warn(message: str) -> None:
 def load(data: DataConfig) -> RawData:
     """(train, test) uint8 images and labels of the folder `data.data_dir`, with a report of what was done."""
     root = Path(data.data_dir).expanduser()
-    scan = scan_folder(root)
+    scan = scan_folder(root, Path(data.validation_dir).expanduser() if data.validation_dir else None)
     # Canonical order: by file name, then path (the order of `vae data export`'s numbered files).
     scan.entries.sort(key=lambda e: (e.path.name, str(e.path)))
     has_test_part = scan.layout in ("mvtec", "train-test")
@@ -305,11 +330,13 @@ def load(data: DataConfig) -> RawData:
             _warn(f"--data-dir {root}: {len(paths)} images converted ({note}): {_named(paths, root)}")
 
     mapping, class_names = _labels(scan)
-    labels = torch.tensor([mapping[e.class_name] if e.class_name is not None else UNLABELLED for e in order],
+    # A labelled validation image's label is whether it is anomalous (anything but good/).
+    labels = torch.tensor([int(e.class_name != "good") if e.part == "labelled" else
+                           mapping[e.class_name] if e.class_name is not None else UNLABELLED for e in order],
                           dtype=torch.long)
     parts = [e.part for e in order]
-    train_idx, val_idx, test_idx = (torch.tensor([i for i, part in enumerate(parts) if part == name], dtype=torch.long)
-                                    for name in PARTS)
+    train_idx, val_idx, test_idx, labelled_idx = (
+        torch.tensor([i for i, part in enumerate(parts) if part == name], dtype=torch.long) for name in PARTS)
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise DataError(f"--data-dir {root}: expected usable images for both training and testing, got "
                         f"{len(train_idx)} and {len(test_idx)}")
@@ -328,11 +355,16 @@ def load(data: DataConfig) -> RawData:
         "skipped_files": [{"file": str(p), "reason": r} for p, r in skipped],
         "masks": len(scan.masks), "streamed": streamed, **({"cache": str(cache)} if streamed else {}),
     }
+    if len(labelled_idx):
+        anomalous = int(labels[labelled_idx].sum())
+        report["labelled_validation"] = {"normal": len(labelled_idx) - anomalous, "anomalous": anomalous,
+                                         "from": str(data.validation_dir or root / "validation")}
     return RawData(train=(_take(x, train_idx, streamed), labels[train_idx]),
                    test=(_take(x, test_idx, streamed), labels[test_idx]),
                    validation=(x[val_idx].clone(), labels[val_idx]) if streamed else None,
                    class_names=class_names, test_masks=None if test_masks is None else torch.from_numpy(test_masks),
-                   report=report, streamed=streamed)
+                   report=report, streamed=streamed,
+                   labelled=(x[labelled_idx].clone(), labels[labelled_idx]) if len(labelled_idx) else None)
 
 
 def _take(x: Tensor, idx: Tensor, streamed: bool) -> Tensor:

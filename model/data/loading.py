@@ -108,16 +108,19 @@ def load_data(config: TrainConfig) -> DataBundle:
     test = Split(test_x, test_y, streamed=streamed)
     if data.labels is not None:
         train = hide_labels(train, data.labels, config.seed + LABEL_SEED_OFFSET)
+    labelled = None if raw.labelled is None else Split(*raw.labelled)
     if data.binarize != "none":
         draw = torch.Generator().manual_seed(config.seed + 1)
         validation = Split(_binary(validation.x, draw), validation.y)
         test = Split(_binary(test.x, draw), test.y)
         if data.binarize == "static":
             train = Split(_binary(train.x, draw), train.y)
+        if labelled is not None:
+            labelled = Split(_binary(labelled.x, draw), labelled.y)
     info = {**raw.report} if raw.report else {"dataset": data.dataset}
     info["images"] = {"train": len(train), "validation": len(validation), "test": len(test)}
     return DataBundle(train, validation, test, data.binarize, info=info, test_masks=masks,
-                      class_names=raw.class_names)
+                      class_names=raw.class_names, labelled_validation=labelled)
 
 
 def _binary(x: Tensor, generator: torch.Generator) -> Tensor:
