@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from model.core.preprocess import scale
 from model.anomaly.base import require
-from model.anomaly.calibration import AnomalyCalibration, ScoreCalibration
+from model.anomaly.calibration import AnomalyCalibration, F1Threshold, MapCalibration, ScoreCalibration
+from model.anomaly.maps import MAPS, map_params, maps_of_split
 from model.anomaly.combined import standardisation, standardise
 from model.anomaly.registry import NLL_SCORES, SCORES, available_scores, default_score
 from model.data.base import Split
@@ -73,9 +74,15 @@ def score_split(model: nn.Module, x: Tensor, names, *, k: int, noise: Noise | No
     return {name: values[name] for name in names}, {name: round(seconds[name], 2) for name in names}
 
 
+MAP_IMAGES = 1000  # normal validation images whose map pixels calibrate each map (at most)
+
+
 def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | None = None,
-              dataset: str | None = None, progress: bool = False) -> AnomalyCalibration:
-    """Quantiles of every anomaly score available to the model on held-out normal images.
+              dataset: str | None = None, progress: bool = False, labelled: Split | None = None,
+              map_images: int = MAP_IMAGES) -> AnomalyCalibration:
+    """Quantiles of every anomaly score available to the model on held-out normal images; with
+    `labelled` validation images (y = 1 anomalous), each score's F1-maximising threshold on them;
+    and the quantiles of the pixels of every anomaly map (`model.anomaly.maps`) of normal images.
 
     The default is the benchmark's best available score for `dataset` (`model.anomaly.registry.default_score`).
     A score's stored parameters are those it uses (`k` for the scores built on L_K; a derived score's
@@ -96,4 +103,32 @@ def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | Non
                   **({"k": k} if SCORES[name].uses_k else {})}
         value = standardise({part: values[part] for part in parts}, params)
         calibrations[name] = ScoreCalibration.fit(name, value.numpy(), params)
-    return AnomalyCalibration(calibrations, default_score(dataset, names))
+    f1 = {}
+    if labelled is not None:
+        scored = score_calibrated(model, labelled.x, calibrations, names, companions=companions)
+        anomalous = (labelled.y.cpu() != 0).numpy()
+        f1 = {name: F1Threshold.fit(name, scored[name].numpy(), anomalous) for name in names}
+    maps = {}
+    x = normal.x[:map_images]
+    for name in MAPS:
+        params = map_params(name, model.input_shape)
+        torch.manual_seed(0)  # the nll map's posterior samples: the same calibration every time
+        maps[name] = MapCalibration.fit(name, maps_of_split(model, x, name=name, **params).numpy(), params)
+    return AnomalyCalibration(calibrations, default_score(dataset, names), f1, maps)
+
+
+def score_calibrated(model: nn.Module, x: Tensor, calibrations: Mapping[str, ScoreCalibration], names, *,
+                     companions: Mapping[str, nn.Module] | None = None, noise: Noise | None = None,
+                     batch_size: int = 100) -> dict[str, Tensor]:
+    """The scores `names` of images x computed as they were calibrated (each with its stored
+    parameters; a derived score from its components' values, standardised as calibrated)."""
+    derived = [name for name in names if SCORES[name].components]
+    basic = sorted({*[n for n in names if n not in derived], *[p for n in derived for p in SCORES[n].components]})
+    ks = {calibrations[name].params["k"] for name in basic if "k" in calibrations[name].params}
+    if len(ks) > 1:
+        raise ValueError(f"the scores {basic} were calibrated with different K {sorted(ks)}; expected one")
+    k = ks.pop() if ks else 1
+    values, _ = score_split(model, x, basic, k=k, noise=noise, companions=companions, batch_size=batch_size)
+    for name in derived:
+        values[name] = standardise({part: values[part] for part in SCORES[name].components}, calibrations[name].params)
+    return {name: values[name] for name in names}

@@ -122,7 +122,7 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
     classifier, classifier_summary = fit_classifiers(model, data, seed)
     kind_evaluation = get_kind(model.kind).evaluate  # numbers only this kind has (e.g. M2's own error)
     calibration = calibrate(model, data.validation, calibration_k, companions=companions, dataset=dataset,
-                            progress=progress)
+                            progress=progress, labelled=data.labelled_validation)
     default = calibration.scores[calibration.default]
     evaluation = {
         "test": {**test, "images": len(data.test)},
@@ -133,7 +133,9 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
         "classifier": classifier_summary,
         "calibration": {"score": default.score, "k": calibration_k, "images": default.n,
                         "false_positive_rate": DEFAULT_FALSE_POSITIVE_RATE,
-                        "threshold": default.threshold(DEFAULT_FALSE_POSITIVE_RATE)},
+                        "threshold": default.threshold(DEFAULT_FALSE_POSITIVE_RATE),
+                        **({"f1": calibration.f1[default.score].to_dict()} if default.score in calibration.f1 else {}),
+                        "maps": sorted(calibration.maps)},
         "binarize": data.binarize,
         "likelihood": model.likelihood.name,
         "data": data.info,

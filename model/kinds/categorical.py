@@ -164,6 +164,15 @@ class CategoricalVAE(nn.Module):
         px = self.observation_model(self._latent(c, z))  # batch shape (K, B, *input_shape)
         return log_w + reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)
 
+    def pixel_log_px(self, x: Tensor, num_samples: int, noise: Noise | None = None) -> Tensor:
+        """log p(x_i|c_k, z_k) of every subpixel i, one-hot c_k and z_k ~ q(·|x): (K, B, *input_shape)."""
+        noise = noise or GLOBAL_NOISE
+        x = check_images(x, self.input_shape)
+        qc, qz = self.posterior(x)
+        c = one_hot_sample(qc.logits, (num_samples,), noise)
+        z = None if qz is None else rsample(qz, (num_samples,), noise)
+        return self.observation_model(self._latent(c, z)).log_prob(x.expand(num_samples, *x.shape))
+
     def features(self, x: Tensor) -> Tensor:
         """Deterministic features: category probabilities (N·C) then Gaussian means (G), shape (B, N·C + G)."""
         qc, qz = self.posterior(check_images(x, self.input_shape))

@@ -109,6 +109,12 @@ class VariationalAutoencoder(nn.Module):
         log_qz = reduce_to(qz.log_prob(z), 2)
         return log_px, log_pz, log_qz
 
+    def pixel_log_px(self, x: Tensor, num_samples: int, noise: Noise | None = None) -> Tensor:
+        """log p(x_i|z_k) of every subpixel i for z_k ~ q(z|x): shape (K, B, *input_shape) (anomaly maps)."""
+        x = check_images(x, self.input_shape)
+        z = rsample(self.posterior(x), (num_samples,), noise)
+        return self.observation_model(z).log_prob(x.expand(num_samples, *x.shape))
+
     def elbo_terms(self, x: Tensor, kl: str = "sampled", noise: Noise | None = None) -> ElboTerms:
         """Per-example ELBO terms from one posterior sample."""
         x = check_images(x, self.input_shape)

@@ -201,6 +201,15 @@ class SemiSupervisedVAE(nn.Module):
         log_qz = reduce_to(qz.log_prob(z), 2)
         return log_px + self.py().log_prob(index) + log_pz - qy.log_prob(index) - log_qz
 
+    def pixel_log_px(self, x: Tensor, num_samples: int, noise: Noise | None = None) -> Tensor:
+        """log p(x_i|y_k, z_k) of every subpixel i, y_k ~ q(y|x), z_k ~ q(z|x, y_k): (K, B, *input_shape)."""
+        noise = noise or GLOBAL_NOISE
+        x = check_images(x, self.input_shape)
+        index = self._sample_index(self.qy(x).logits, (num_samples,), noise)  # (K, B)
+        y_one_hot = self._one_hot(index)
+        z = rsample(self.posterior(x, y_one_hot), (), noise)
+        return self.observation_model(z, y_one_hot).log_prob(x.expand(num_samples, *x.shape))
+
     def classify(self, x: Tensor) -> Tensor:
         """q(y|x): class probabilities (B, C), columns in the order of `class_labels`."""
         return self.qy(check_images(x, self.input_shape)).probs
