@@ -55,13 +55,16 @@ def test_metadata_describes_the_tensors_the_model_returns(client):
     # Every declared output is what inference returns, with the declared types and shapes.
     for operation, inputs, parameters in [
         ("encode", [images_tensor()], {"num_samples": 4}), ("classify", [images_tensor()], None),
-        ("anomaly", [images_tensor()], None), ("sample", [{"name": "n", "datatype": "INT64", "shape": [1], "data": [3]}], None),
+        ("anomaly", [images_tensor()], {"maps": True}), ("sample", [{"name": "n", "datatype": "INT64", "shape": [1], "data": [3]}], None),
         ("decode", [{"name": "z", "datatype": "FP32", "shape": [3, 2], "data": [0.0] * 6}], None),
         ("iwae", [images_tensor()], {"k": 8}), ("elbo", [images_tensor()], None), ("reconstruct", [images_tensor()], None),
     ]:
         declared = {o["name"]: o for o in client.get(f"/v2/models/tiny.{operation}").json()["outputs"]}
         returned = {o["name"]: o for o in infer(client, f"tiny.{operation}", inputs, parameters).json()["outputs"]}
         assert declared.keys() == returned.keys(), operation
+        if operation == "anomaly":  # the map is an output only when asked for
+            plain = {o["name"] for o in infer(client, "tiny.anomaly", inputs, None).json()["outputs"]}
+            assert plain == declared.keys() - {"anomaly_map"}
         for name, spec in declared.items():
             got = returned[name]
             assert got["datatype"] == spec["datatype"], (operation, name)

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from model.anomaly.maps import DEFAULT_MAP
 from model.anomaly.registry import SCORES, unavailable_reason
 from service.core.batching import ArrivalGate, Batcher
 from service.core.errors import BadInputError, NotReadyError, UnsupportedError, plural
@@ -44,6 +45,17 @@ class Inference:
                                 + (f", which this model cannot compute: {why}" if why else ""))
         return name
 
+    def anomaly_map(self, entry: ModelEntry, name: str | None) -> str:
+        """The calibrated anomaly map a request asks for (default: `model.anomaly.maps.DEFAULT_MAP`)."""
+        calibrated = sorted(entry.checkpoint.calibration.maps)
+        if not calibrated:
+            raise UnsupportedError(f"maps: model {entry.name!r} has no calibrated anomaly maps (calibrated before "
+                                   f"maps existed); run `vae evaluate {entry.path}` to calibrate them")
+        name = name or (DEFAULT_MAP if DEFAULT_MAP in calibrated else calibrated[0])
+        if name not in calibrated:
+            raise BadInputError(f"map: expected one of the calibrated maps {calibrated}, got {name!r}")
+        return name
+
     def key(self, entry: ModelEntry, operation: str, params: dict) -> tuple:
         """The settings of the forward pass; only requests with equal keys share a pass."""
         s = self.settings
@@ -62,7 +74,12 @@ class Inference:
             score = self.anomaly_score(entry, params.get("score"))
             # The score is computed exactly as it was calibrated (e.g. with the calibration's K).
             calibration_params = entry.checkpoint.calibration.scores[score].params
-            return (("score", score), ("params", tuple(sorted(calibration_params.items()))))
+            key = (("score", score), ("params", tuple(sorted(calibration_params.items()))))
+            name = self.anomaly_map(entry, params.get("map")) if params.get("maps") else None
+            if name is not None:  # so is the map: with the sigma and samples it was calibrated with
+                map_params = entry.checkpoint.calibration.maps[name].params
+                key += (("map", name), ("map_params", tuple(sorted(map_params.items()))))
+            return key
         return ()
 
     def labels(self, entry: ModelEntry, operation: str, labels, rows: int) -> np.ndarray | None:
@@ -120,7 +137,8 @@ class Inference:
         outputs = await self._batcher(entry, operation).submit(call)
         finish = dict(finish or {})
         if operation == "anomaly":
-            finish["score"] = dict(call.key)["score"]
+            key = dict(call.key)
+            finish["score"], finish["map"] = key["score"], key.get("map")
         return OPERATIONS[operation].finish(entry.checkpoint, outputs, **finish)
 
     def warm_up(self, entry: ModelEntry, operation: str) -> Outputs:
@@ -136,9 +154,12 @@ class Inference:
             if "y" in prior and entry.checkpoint.model.capabilities.conditional:
                 labels = prior["y"]
         params = {"encode": {"num_samples": 1}, "iwae": {"k": 2}}.get(operation, {})
+        if operation == "anomaly" and entry.checkpoint.calibration.maps:
+            params = {"maps": True}  # warms the map's path too, and declares its output to OIP clients
         call = self.call(entry, operation, inputs=inputs, n=1, seed=0, labels=labels, **params)
         (outputs,) = run_batch(entry.checkpoint, operation, [call])
-        finish = {"anomaly": {"score": dict(call.key).get("score"), "false_positive_rate": 0.01}}.get(operation, {})
+        key = dict(call.key)
+        finish = {"anomaly": {"score": key.get("score"), "map": key.get("map")}}.get(operation, {})
         return OPERATIONS[operation].finish(entry.checkpoint, outputs, **finish)
 
     async def close(self) -> None:

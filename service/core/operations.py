@@ -21,7 +21,7 @@ from torch import Tensor
 from model.runs.checkpoint import Checkpoint
 from model.core.noise import RowwiseNoise
 from model.core.objectives import bits_per_dim, iwae_bound
-from model.anomaly.registry import SCORES
+from model.anomaly.predict import read_scores, score_images
 from service.core.errors import BadInputError
 
 InputKind = Literal["images", "z", "n"]
@@ -136,20 +136,26 @@ def _classify(ck: Checkpoint, x, labels, noise):
     return {"probs": probs, "labels": torch.as_tensor(classes, device=probs.device)[probs.argmax(-1)]}
 
 
-def _anomaly(ck: Checkpoint, x, labels, noise, *, score: str, params: tuple = ()):
-    return {"scores": SCORES[score](ck.model, x, noise=noise, companions=ck.companions, **dict(params))}
+def _anomaly(ck: Checkpoint, x, labels, noise, *, score: str, params: tuple = (), map: str | None = None,
+             map_params: tuple = ()):
+    return score_images(ck.model, x, score=score, params=dict(params), noise=noise, companions=ck.companions,
+                        map=map, map_params=dict(map_params))
 
 
-def _finish_anomaly(ck: Checkpoint, outputs: Outputs, *, score: str, false_positive_rate: float) -> Outputs:
-    calibration = ck.calibration.scores[score]
-    threshold = calibration.threshold(false_positive_rate)
-    scores = outputs["scores"]
-    return {
-        "scores": scores,
-        "is_anomaly": scores > threshold,
-        "percentiles": calibration.percentile(scores).astype(np.float32),
-        "threshold": np.asarray([threshold], dtype=np.float32),
-    }
+def threshold_of(ck: Checkpoint, score: str, threshold: str | None,
+                 false_positive_rate: float | None) -> tuple[float, str, float]:
+    """(threshold, which one, its false-positive rate) for a request (`AnomalyCalibration.threshold_for`)."""
+    try:
+        return ck.calibration.threshold_for(score, threshold, false_positive_rate)
+    except ValueError as error:
+        raise BadInputError(str(error)) from None
+
+
+def _finish_anomaly(ck: Checkpoint, outputs: Outputs, *, score: str, false_positive_rate: float | None = None,
+                    threshold: str | None = None, map: str | None = None) -> Outputs:
+    threshold_of(ck, score, threshold, false_positive_rate)  # a bad combination is the client's 400
+    return read_scores(ck.calibration, outputs, score=score, threshold=threshold,
+                       false_positive_rate=false_positive_rate, map=map)
 
 
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
@@ -165,7 +171,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in (
               _finish_iwae),
     Operation("classify", "images", _classify, "Class probabilities and labels per image."),
     Operation("anomaly", "images", _anomaly,
-              "Anomaly scores, percentiles against held-out normal data, and flags at a false-positive rate.",
+              "Anomaly scores, percentiles against held-out normal data, flags at a threshold, and per-pixel maps.",
               _finish_anomaly),
 )}
 

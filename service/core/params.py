@@ -6,7 +6,7 @@ transport carried them.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,8 +50,18 @@ class IwaeParams(StrictModel):
 
 
 class AnomalyParams(StrictModel):
-    false_positive_rate: float = Field(0.01, gt=0, lt=1, description="share of normal images to flag")
+    false_positive_rate: float | None = Field(
+        None, gt=0, lt=1, description="share of normal images to flag; giving it chooses that threshold "
+                                      "(default 0.01 where no F1 threshold is used)")
+    threshold: Literal["f1", "false_positive_rate"] | None = Field(
+        None, description="which threshold flags images: f1, the one maximising F1 on the run's labelled "
+                          "validation images; false_positive_rate, the quantile of normal images. Default: f1 "
+                          "where the run has it and false_positive_rate is not given")
     score: str | None = Field(None, description="a calibrated score (GET /models/{name}); default: the model's")
+    maps: bool = Field(False, description="also return a per-pixel anomaly map of each image, as percentiles "
+                                          "of the pixels of held-out normal images")
+    map: str | None = Field(None, description="which anomaly map (GET /models/{name} lists the calibrated ones); "
+                                              "default nll")
     seed: Seed
 
 

@@ -81,10 +81,14 @@ class Images:
 
     x: (B, C, H, W) float32 in [0, 1].
     notes: one per change, each naming its image, in image order (empty for nested lists).
+    originals: each encoded image as decoded, uint8 (C, H, W) at its own size, before preprocessing
+        (empty for nested lists, which are the model's input as they are): anomaly maps are returned
+        at these sizes, over these pixels.
     """
 
     x: np.ndarray
     notes: tuple[str, ...] = ()
+    originals: tuple[torch.Tensor, ...] = ()
 
 
 def expected_images(shape: Sequence[int]) -> str:
@@ -132,9 +136,10 @@ def _check_size(data: bytes, field: str, max_pixels: int) -> None:
 
 
 def decode_file(data: bytes, preprocessing: Preprocessing, field: str,
-                max_pixels: int) -> tuple[torch.Tensor, list[str]]:
-    """One encoded image as training would have seen it: (C, H, W) float32 in [0, 1], and the notes
-    (each prefixed with `field`) of what decoding and preprocessing changed."""
+                max_pixels: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """One encoded image as training would have seen it: (C, H, W) float32 in [0, 1], the notes
+    (each prefixed with `field`) of what decoding and preprocessing changed, and the decoded uint8
+    pixels before preprocessing."""
     _check_size(data, field, max_pixels)
     try:
         decoded = decode_image(data, field)
@@ -142,7 +147,8 @@ def decode_file(data: bytes, preprocessing: Preprocessing, field: str,
         raise BadInputError(str(error)) from None
     notes = [*decoded.notes, preprocessing.channel_note(decoded.pixels.shape[0]),
              preprocessing.resize_note(decoded.size)]
-    return preprocess(decoded.pixels, preprocessing), [f"{field}: {note}" for note in notes if note]
+    return (preprocess(decoded.pixels, preprocessing), [f"{field}: {note}" for note in notes if note],
+            decoded.pixels)
 
 
 def _base64_bytes(item, field: str) -> bytes:
@@ -163,17 +169,21 @@ def decode_base64_images(items, preprocessing: Preprocessing, max_images: int, m
         raise BadInputError(f"{field}: expected a non-empty list of base64-encoded images, got "
                             f"{'an empty list' if isinstance(items, list) else type(items).__name__}")
     check_count(len(items), max_images, field)  # before decoding any
-    pixels, notes = [], []
+    pixels, notes, originals = [], [], []
     for i, item in enumerate(items):
-        x, more = decode_file(_base64_bytes(item, f"{field}[{i}]"), preprocessing, f"{field}[{i}]", max_pixels)
+        x, more, original = decode_file(_base64_bytes(item, f"{field}[{i}]"), preprocessing, f"{field}[{i}]",
+                                        max_pixels)
         pixels.append(x)
         notes.extend(more)
-    return Images(torch.stack(pixels).numpy(), tuple(notes))
+        originals.append(original)
+    return Images(torch.stack(pixels).numpy(), tuple(notes), tuple(originals))
 
 
-def png_base64(image: np.ndarray) -> str:
-    """Base64 of an 8-bit PNG of one image (C, H, W) in [0, 1]: grey for C = 1, RGB for C = 3."""
-    return base64.b64encode(encode_png(torch.from_numpy(np.ascontiguousarray(image)))).decode("ascii")
+def png_base64(image: np.ndarray | torch.Tensor) -> str:
+    """Base64 of an 8-bit PNG of one image (C, H, W), uint8 or in [0, 1]: grey for C = 1, RGB for C = 3."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    return base64.b64encode(encode_png(image)).decode("ascii")
 
 
 def images_from_request(images, images_png, preprocessing: Preprocessing, max_images: int,

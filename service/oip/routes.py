@@ -203,7 +203,7 @@ async def _infer(service: Service, request: Request, model: str, model_version: 
     infer_request, binary = await read_infer_request(request, service.settings.max_body_bytes)
     inputs = _inputs(service, entry, operation, infer_request, binary)
     params = _parameters(operation, infer_request)
-    finish = {k: params.pop(k) for k in ("beta", "false_positive_rate") if k in params}
+    finish = {k: params.pop(k) for k in ("beta", "false_positive_rate", "threshold") if k in params}
     if operation == "anomaly":
         params["score"] = service.inference.anomaly_score(entry, params.get("score"))
     outputs = await service.inference.run(entry.name, operation, finish=finish, **inputs, **params)

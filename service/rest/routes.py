@@ -16,10 +16,11 @@ from service.http.bodies import read_json
 from service.core.errors import ServiceError
 from service.http.errors import error_responses
 from service.http.images import Images, images_from_request, latents_from_request, png_base64
-from service.core.operations import OPERATIONS, class_names_of, classes_of
+from service.core.operations import OPERATIONS, class_names_of, classes_of, threshold_of
+from service.http.maps import render_maps
 from service.core.registry import ModelEntry
 from service.rest.schemas import (
-    AnomalyInfo, AnomalyRequest, AnomalyResponse, ClassifyRequest, ClassifyResponse, DecodeRequest, ElboRequest,
+    AnomalyInfo, AnomalyRequest, AnomalyResponse, MapInfo, ClassifyRequest, ClassifyResponse, DecodeRequest, ElboRequest,
     ElboResponse, EncodeRequest, EncodeResponse, Health, ImagesRequest, IwaeRequest, IwaeResponse,
     ModelDetail, ModelList, ModelSummary, NoopResponse, ProbsResponse, ReconstructRequest, ReconstructResponse,
     SampleRequest, SampleResponse, ScoreInfo,
@@ -84,9 +85,18 @@ def detail(entry: ModelEntry) -> ModelDetail:
         out.anomaly = AnomalyInfo(default=ck.calibration.default, scores={
             name: ScoreInfo(threshold=ck.calibration.scores[name].threshold(DEFAULT_FALSE_POSITIVE_RATE),
                             false_positive_rate=DEFAULT_FALSE_POSITIVE_RATE, n=ck.calibration.scores[name].n,
-                            params=ck.calibration.scores[name].params)
-            for name in entry.anomaly_scores()})
+                            params=ck.calibration.scores[name].params,
+                            f1=_f1_info(ck.calibration.f1.get(name)))
+            for name in entry.anomaly_scores()},
+            maps={name: m.params for name, m in ck.calibration.maps.items()} or None)
     return out
+
+
+def _f1_info(f1) -> dict[str, float] | None:
+    if f1 is None:
+        return None
+    return {"threshold": f1.threshold, "f1": f1.f1, "precision": f1.precision, "recall": f1.recall,
+            "false_positive_rate": f1.false_positive_rate, "normal": f1.normal, "anomalous": f1.anomalous}
 
 
 @models.get("/models", response_model=ModelList, summary="Every model: name, kind, ready, error if any")
@@ -210,13 +220,23 @@ async def classify(name: ModelName, service: ServiceDep,
 async def anomaly(name: ModelName, service: ServiceDep,
                   body: Annotated[AnomalyRequest, Depends(body_of(AnomalyRequest))]) -> Response:
     images = await _images(service, name, body)
-    fpr = body.false_positive_rate
-    score = service.inference.anomaly_score(service.registry.ready_model(name, "anomaly"), body.score)
-    out = await service.inference.run(name, "anomaly", inputs=images.x, seed=body.seed, score=score,
-                                      finish={"false_positive_rate": fpr})
-    return json_response(AnomalyResponse(
+    entry = service.registry.ready_model(name, "anomaly")
+    score = service.inference.anomaly_score(entry, body.score)
+    _, source, rate = threshold_of(entry.checkpoint, score, body.threshold, body.false_positive_rate)  # 400 early
+    out = await service.inference.run(
+        name, "anomaly", inputs=images.x, seed=body.seed, score=score, maps=body.maps, map=body.map,
+        finish={"false_positive_rate": body.false_positive_rate, "threshold": body.threshold})
+    response = AnomalyResponse(
         scores=out["scores"].tolist(), percentiles=out["percentiles"].tolist(), is_anomaly=out["is_anomaly"].tolist(),
-        threshold=float(out["threshold"][0]), score=score, false_positive_rate=fpr, preprocessing=_notes(images)))
+        threshold=float(out["threshold"][0]), threshold_source=source, score=score, false_positive_rate=rate,
+        preprocessing=_notes(images))
+    if body.maps:
+        map_name = service.inference.anomaly_map(entry, body.map)
+        response.maps, response.maps_png, shapes = await run_in_threadpool(
+            render_maps, out["anomaly_map"], images, service.settings.max_map_pixels,
+            body.map_format in ("both", "numbers"), body.map_format in ("both", "png"))
+        response.map = MapInfo(name=map_name, params=entry.checkpoint.calibration.maps[map_name].params, shapes=shapes)
+    return json_response(response)
 
 
 # --- benchmarking ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ numpy: pydantic would validate 200,000 numbers one by one, and numpy names the p
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
@@ -164,21 +164,40 @@ class ClassifyResponse(BaseModel):
 
 
 class AnomalyRequest(ImagesRequest, AnomalyParams):
-    model_config = ConfigDict(json_schema_extra=_examples({"images_png": [EXAMPLE_PNG], "seed": 0},
-                                                          {"images": [EXAMPLE_IMAGE], "false_positive_rate": 0.05}))
+    model_config = ConfigDict(json_schema_extra=_examples(
+        {"images_png": [EXAMPLE_PNG], "seed": 0}, {"images": [EXAMPLE_IMAGE], "false_positive_rate": 0.05},
+        {"images_png": [EXAMPLE_PNG], "seed": 0, "maps": True, "map_format": "png"}))
+    map_format: Literal["both", "numbers", "png"] = Field(
+        "both", description="with maps: numbers (`maps`), a heatmap PNG over the input (`maps_png`), or both")
+
+
+class MapInfo(BaseModel):
+    name: str = Field(description="the map's definition (docs/anomaly.md): nll or reconstruction")
+    params: dict[str, float] = Field(description="how it was computed and calibrated: sigma (pixels), samples")
+    shapes: list[list[int]] = Field(description="[height, width] of each image's map: the input's own size, "
+                                                "scaled down to VAE_MAX_MAP_PIXELS if larger")
+    values: str = "percent of the pixels of held-out normal images' maps at most this (0–100)"
 
 
 class AnomalyResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra=_examples(
-        {"scores": [146.15], "percentiles": [22.98], "is_anomaly": [False], "threshold": 246.58, "score": "iwae",
-         "false_positive_rate": 0.05}))
+        {"scores": [146.15], "percentiles": [22.98], "is_anomaly": [False], "threshold": 246.58,
+         "threshold_source": "false_positive_rate", "score": "iwae", "false_positive_rate": 0.05}))
     scores: list[float] = Field(description="anomaly score per image (higher: more anomalous)")
     percentiles: list[float] = Field(description="percent of held-out normal images scoring at most this")
     is_anomaly: list[bool] = Field(description="score > threshold")
-    threshold: float = Field(description="the score flagging false_positive_rate of normal images")
+    threshold: float = Field(description="the score above which an image is flagged")
+    threshold_source: Literal["f1", "false_positive_rate"] = Field(
+        description="f1: the threshold maximising F1 on the run's labelled validation images; "
+                    "false_positive_rate: the quantile flagging that share of normal images")
     score: str
-    false_positive_rate: float
+    false_positive_rate: float = Field(description="the share of normal images the threshold flags (for f1: "
+                                                   "measured on the normal validation images)")
     preprocessing: PreprocessingNotes
+    maps: list[list[list[float]]] | None = Field(None, description="with maps: each image's anomaly map, rows of "
+                                                                   "percentiles (see `map`)")
+    maps_png: list[str] | None = Field(None, description="with maps: base64 PNG of each map's heatmap over its image")
+    map: MapInfo | None = None
 
 
 class Health(BaseModel):
@@ -209,10 +228,15 @@ class ScoreInfo(BaseModel):
     false_positive_rate: float
     n: int = Field(description="held-out normal images the calibration comes from")
     params: dict[str, Any]
+    f1: dict[str, float] | None = Field(None, description="the threshold maximising F1 on the run's labelled "
+                                                          "validation images, with its f1, precision, recall and "
+                                                          "false-positive rate there (absent without such images)")
 
 
 class AnomalyInfo(BaseModel):
     default: str
+    maps: dict[str, dict[str, float]] | None = Field(None, description="the calibrated anomaly maps and their "
+                                                                       "parameters (sigma in pixels, samples)")
     scores: dict[str, ScoreInfo]
 
 
