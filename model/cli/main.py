@@ -14,12 +14,12 @@ import warnings
 from functools import partial
 from importlib.metadata import entry_points
 
-from model.cli import bench, data, demo, evaluate, plot, report, sweep, train
+from model.cli import bench, data, demo, evaluate, plot, predict, report, sweep, train
 from model.data.base import DataError
 from model.runs.checkpoint import CheckpointError
 from model.runs.errors import TrainingError
 
-COMMANDS = (train, evaluate, plot, sweep, report, demo, bench, data)
+COMMANDS = (train, evaluate, predict, plot, sweep, report, demo, bench, data)
 
 
 def build_parser() -> argparse.ArgumentParser:
