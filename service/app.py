@@ -11,6 +11,7 @@ import torch
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
+from service.http import ui
 from service.http.auth import require_token
 from service.http.docs import install_docs
 from service.http.errors import error_responses, install_error_handlers
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip.models)
     if settings.benchmark_endpoints:
         app.include_router(routes.benchmark)
+    if settings.ui:
+        app.include_router(ui.router)
 
     @app.get("/metrics", tags=["health"], dependencies=[Depends(require_token)], response_class=PlainTextResponse,
              summary="Prometheus metrics: requests, latency, queue time, batch sizes",

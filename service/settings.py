@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest SIGTERM waits for requests in flight")
     benchmark_endpoints: bool = Field(False, description="add POST /benchmark/noop (the HTTP floor)")
+    ui: bool = Field(True, description="serve the results page at /ui (behind the token when one is set)")
     max_map_pixels: int = Field(512 * 512, ge=1, description="largest anomaly map returned per image (height × "
                                                              "width); a larger input's map is scaled down to fit")
 

@@ -160,3 +160,41 @@ def live_server():
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def browser_host() -> str:
+    """The name `chrome` reaches the server by: not a loopback name, so pages behave as deployed."""
+    return "vae-browser.test"
+
+
+@pytest.fixture
+def chrome(monkeypatch, browser_host):
+    """Debian's headless Chromium through Selenium, able to resolve only `browser_host` (to 127.0.0.1):
+    no request can leave this machine. Its performance log records every request a page makes.
+
+    Skipped without chromium and chromedriver on PATH (Debian: apt-get install chromium
+    chromium-driver), unless VAE_REQUIRE_BROWSER=1 (as in CI), which makes it fail instead.
+    """
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", chromium), ("chromedriver", driver)) if path is None]
+    if missing:
+        reason = f"{' and '.join(missing)} not on PATH (Debian: apt-get install chromium chromium-driver)"
+        if os.environ.get("VAE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"VAE_REQUIRE_BROWSER=1, but {reason}")
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-default-apps", "--no-proxy-server",
+                 f"--host-resolver-rules=MAP {browser_host} 127.0.0.1, MAP * ~NOTFOUND"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    yield browser
+    browser.quit()

@@ -1,25 +1,21 @@
 """/docs works offline: in a real headless Chromium that can resolve no host but the server's,
 Swagger UI renders every operation and the page requests nothing from anywhere else.
 
-Needs Chromium and its driver (Debian: `apt-get install chromium chromium-driver`). Without them the
-browser test is skipped, unless VAE_REQUIRE_BROWSER=1 (as in CI), which makes it fail instead.
+The browser is the `chrome` fixture of tests/conftest.py (skipped without Chromium, unless
+VAE_REQUIRE_BROWSER=1 as in CI, which makes it fail instead).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import urllib.request
 from urllib.parse import urlsplit
 
-import pytest
 
 from service.app import create_app
 from service.settings import Settings
 
-HOST = "vae-docs.test"  # not a loopback name, so that Swagger UI behaves as it would when deployed
 
 
 def test_the_page_loads_its_assets_from_the_server(model_dir, asgi_client):
@@ -35,39 +31,7 @@ def test_the_page_loads_its_assets_from_the_server(model_dir, asgi_client):
     assert client.get("/redoc").status_code == 404  # ReDoc's assets are not shipped, so it is off
 
 
-def _browser() -> tuple[str, str]:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    missing = [name for name, path in (("chromium", chromium), ("chromedriver", driver)) if path is None]
-    if missing:
-        reason = f"{' and '.join(missing)} not on PATH (Debian: apt-get install chromium chromium-driver)"
-        if os.environ.get("VAE_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"VAE_REQUIRE_BROWSER=1, but {reason}")
-        pytest.skip(reason)
-    return chromium, driver
-
-
-@pytest.fixture
-def chrome(monkeypatch):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = _browser()
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-default-apps", "--no-proxy-server",
-                 # Every name but the server's fails to resolve: no request can leave this machine.
-                 f"--host-resolver-rules=MAP {HOST} 127.0.0.1, MAP * ~NOTFOUND"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(executable_path=driver), options=options)
-    yield browser
-    browser.quit()
-
-
-def test_swagger_ui_renders_every_operation_offline(chrome, model_dir, live_server):
+def test_swagger_ui_renders_every_operation_offline(chrome, browser_host, model_dir, live_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -76,7 +40,7 @@ def test_swagger_ui_renders_every_operation_offline(chrome, model_dir, live_serv
         document = json.load(response)
     expected = sum(len(item) for item in document["paths"].values())
 
-    chrome.get(f"http://{HOST}:{port}/docs")
+    chrome.get(f"http://{browser_host}:{port}/docs")
     WebDriverWait(chrome, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= expected)
     assert len(chrome.find_elements(By.CSS_SELECTOR, ".opblock")) == expected
     assert document["info"]["title"] in chrome.find_element(By.CSS_SELECTOR, ".info .title").text
@@ -91,7 +55,7 @@ def test_swagger_ui_renders_every_operation_offline(chrome, model_dir, live_serv
     assert {"/docs", "/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css",
             "/docs/openapi-3.0.json"} <= paths, requested  # the log saw the page's own requests
     elsewhere = sorted(url for url in requested
-                       if not url.startswith("data:") and urlsplit(url).hostname != HOST)
+                       if not url.startswith("data:") and urlsplit(url).hostname != browser_host)
     assert elsewhere == []
     severe = [entry["message"] for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == []
