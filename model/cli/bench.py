@@ -1,7 +1,10 @@
-"""`vae bench anomaly`: the AUROC of every anomaly score, one-class and out-of-distribution.
+"""`vae bench anomaly`: the AUROC of every anomaly score, one-class and out-of-distribution;
+`vae bench ood`: a run against many kinds of out-of-distribution images; `vae bench defects`:
+detection and localisation of defects on an MVTec AD folder, against two baselines.
 
-Its flags are `model.bench.config.BenchConfig`'s fields (`model.config.base.add_arguments`), plus
-what only the command has: the CI preset (--quick), where the report goes, and --render, which
+`anomaly`'s flags are `model.bench.config.BenchConfig`'s fields and `defects`' are
+`model.bench.defects.DefectBenchConfig`'s (`model.config.base.add_arguments`), plus what only the
+command has: the CI preset (--quick), where the report goes, and for `anomaly` --render, which
 prints stored reports (and with --write-rankings, ranks the scores per data set from them).
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 
 from model.bench import config as bench_config
+from model.bench import defects as defects_bench
 from model.bench.config import QUICK, BenchConfig, OodConfig
 from model.bench.rankings import update_rankings, write_rankings
 from model.config.base import add_arguments, given_arguments
@@ -57,6 +61,26 @@ def register(commands) -> None:
                           "ranking in PATH, e.g. model/anomaly/rankings.json (the served default)")
     add_arguments(ood, OodConfig, OodConfig())
     ood.set_defaults(handler=ood_suite)
+
+    defects = benchmarks.add_parser(
+        "defects", help="image AUROC, F1-max, AUPR, pixel AUROC and AUPRO on an MVTec AD folder, against two "
+                        "baselines", description=defects_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    defects.add_argument("--quick", action="store_true",
+                         help="CI preset: draws a small defect folder on the embedded digits' ones (`vae data "
+                              "make-defects`) into OUT without its suffix + -run/defects and trains a small model on "
+                              "it; fails if the default score's image AUROC or the default map's pixel AUROC or "
+                              "AUPRO is below its floor")
+    for name, floor in defects_bench.QUICK_FLOORS.items():
+        defects.add_argument(f"--min-{name.replace('_', '-')}", type=float, default=floor,
+                             help=f"--quick fails below this overall {defects_bench.FLOOR_NAMES[name]} "
+                                  f"(default: {floor})")
+    defects.add_argument("--out", default="runs/bench/defects.json",
+                         help="JSON report (a .md table is written beside it); a model the bench trains is written "
+                              "to OUT without its suffix + -run/run, replaced by the next bench")
+    defects.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_arguments(defects, defects_bench.DefectBenchConfig, defects_bench.DefectBenchConfig())
+    defects.set_defaults(handler=defect_bench)
 
 
 def anomaly(args: argparse.Namespace) -> int:
@@ -114,4 +138,41 @@ def ood_suite(args: argparse.Namespace) -> int:
         write_json(Path(args.out), result)
         write_bytes(Path(args.out).with_suffix(".md"), (table + "\n").encode())
     print(table)
+    return 0
+
+
+def defect_bench(args: argparse.Namespace) -> int:
+    # `model.bench.defects` imports scikit-learn (the metrics) and the training stack only in its
+    # functions: this parser, which `vae serve` builds too, reads just its config.
+    config_fields = [f.name for f in fields(defects_bench.DefectBenchConfig)]
+    given = given_arguments(args, config_fields)
+    if args.quick and {"data_dir", "run"} & set(given):
+        flags = " or ".join("--" + name.replace("_", "-") for name in sorted({"data_dir", "run"} & set(given)))
+        raise ValueError(f"--quick draws its own folder and trains its own model; expected no {flags}")
+    if not args.quick and "data_dir" not in given:
+        raise ValueError("expected --data-dir DIR, a folder in the MVTec AD layout (or --quick for the CI preset)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = replace(defects_bench.QUICK if args.quick else defects_bench.DefectBenchConfig(), **given)
+    out = Path(args.out)
+
+    def save(report: dict) -> None:
+        write_json(out, report)
+        write_bytes(out.with_suffix(".md"), (defects_bench.markdown(report) + "\n").encode())
+
+    def log(line: str) -> None:
+        print(f"vae bench defects: {line}", file=sys.stderr)
+
+    command = "vae " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+    options = dict(command=command, on_part=save, log=log, progress=sys.stderr.isatty())
+    work = out.with_name(out.stem + "-run")  # the bench's own: its model (and --quick's folder), replaced
+    bench = defects_bench.quick if args.quick else defects_bench.run_defects
+    report = bench(config, work, **options)
+    print(defects_bench.markdown(report))
+    if args.quick:
+        floors = {name: getattr(args, f"min_{name}") for name in defects_bench.QUICK_FLOORS}
+        failures = defects_bench.quick_failures(report, floors)
+        for failure in failures:
+            print(f"vae bench defects --quick: {failure}", file=sys.stderr)
+        return 1 if failures else 0
     return 0
