@@ -19,9 +19,9 @@ from sklearn.metrics import precision_recall_curve
 
 from model.anomaly.calibration import AnomalyCalibration, F1Threshold
 from model.anomaly.heatmap import fit_size, overlay
-from model.anomaly.maps import MAPS, anomaly_maps, gaussian_blur, map_params
+from model.anomaly.maps import MAPS, anomaly_maps, available_maps, excess_map, gaussian_blur, map_params
 from model.cli.main import main
-from model.config.train import TrainConfig
+from model.config.train import ModelConfig, TrainConfig
 from model.core.noise import RowwiseNoise
 from model.data.defects import DefectConfig, make_defects
 from model.data.loading import load_data
@@ -82,6 +82,30 @@ def test_the_nll_map_is_the_elbos_reconstruction_term_pixel_by_pixel():
     assert (maps >= 0).all()  # Bernoulli: each pixel's −log p is a cross-entropy
 
 
+def test_the_excess_map_is_the_nll_map_less_each_pixels_entropy_and_vanishes_where_the_model_is_exact():
+    torch.manual_seed(0)
+    model = VariationalAutoencoder((1, 6, 5), 2)
+    x = torch.rand(3, 1, 6, 5)
+    nll = anomaly_maps(model, x, name="nll", sigma=0, noise=RowwiseNoise([1], [3]))
+    excess = anomaly_maps(model, x, name="excess", sigma=0, noise=RowwiseNoise([1], [3]))
+    entropy = -(x * x.log() + (1 - x) * (1 - x).log()).sum(1)
+    torch.testing.assert_close(nll - excess, entropy, rtol=1e-4, atol=1e-4)
+    assert (excess >= -1e-5).all()  # a sum of KL divergences
+    logits = torch.randn(1, 6, 5)
+
+    class Constant(torch.nn.Module):  # a decoder whose p(x|z) is the same for every z
+        def forward(self, z):
+            return logits.expand(*z.shape[:-1], 1, 6, 5)
+
+    model.decoder = Constant()
+    exact = torch.sigmoid(logits).unsqueeze(0)  # the image the model explains exactly
+    torch.testing.assert_close(excess_map(model, exact, samples=2), torch.zeros(1, 6, 5), atol=1e-5, rtol=0)
+    logistic = VariationalAutoencoder((1, 6, 5), 2, config=ModelConfig(latent_features=2, likelihood="logistic"))
+    assert available_maps(logistic) == ["nll", "reconstruction"]
+    with pytest.raises(ValueError, match="likelihood 'logistic'"):
+        anomaly_maps(logistic, x, name="excess")
+
+
 def test_the_reconstruction_map_is_the_squared_error_of_the_reconstruction():
     torch.manual_seed(0)
     model = VariationalAutoencoder((3, 8, 6), 2)
@@ -140,8 +164,8 @@ def test_a_heatmap_is_the_maps_size_in_rgb_and_fits_the_pixel_bound():
 
 def test_training_calibrates_every_map_and_the_f1_thresholds_on_the_labelled_validation_images(run, checkpoint):
     calibration = checkpoint.calibration
-    assert set(calibration.maps) == set(MAPS)
-    assert calibration.maps["nll"].params == map_params("nll", checkpoint.model.input_shape)
+    assert set(calibration.maps) == set(MAPS) == set(available_maps(checkpoint.model))  # a Bernoulli run has all
+    assert calibration.maps["excess"].params == map_params("excess", checkpoint.model.input_shape)
     assert set(calibration.f1) == set(calibration.scores)
     f1 = calibration.f1[calibration.default]
     assert (f1.normal, f1.anomalous) == (10, 40)  # validation/good and 4 defect types of 10
@@ -154,9 +178,9 @@ def test_the_map_is_hotter_inside_the_defects_than_around_them(checkpoint):
     data = load_data(checkpoint.config)
     defective = data.test.y != 0
     x, masks = data.test.x[defective], data.test_masks[defective, 0].bool()
-    calibration = checkpoint.calibration.maps["nll"]
-    percentiles = torch.from_numpy(calibration.percentile(
-        anomaly_maps(checkpoint.model, x, noise=RowwiseNoise([0], [len(x)]), **calibration.params).numpy()))
+    calibration = checkpoint.calibration.maps["excess"]
+    percentiles = torch.from_numpy(calibration.percentile(anomaly_maps(
+        checkpoint.model, x, name="excess", noise=RowwiseNoise([0], [len(x)]), **calibration.params).numpy()))
     assert percentiles.min() >= 0 and percentiles.max() <= 100
     inside, outside = percentiles[masks].mean(), percentiles[~masks].mean()
     assert inside > outside + 15, (inside, outside)
@@ -178,7 +202,7 @@ def test_maps_come_at_each_inputs_size_within_the_bound_and_leave_the_scores_alo
     plain = client.post("/models/digits/anomaly", json={"images_png": images, "seed": 3}).json()
     mapped = client.post("/models/digits/anomaly", json={"images_png": images, "seed": 3, "maps": True}).json()
     assert mapped["scores"] == plain["scores"] and mapped["is_anomaly"] == plain["is_anomaly"]
-    assert mapped["map"]["name"] == "nll" and mapped["map"]["params"] == checkpoint.calibration.maps["nll"].params
+    assert mapped["map"]["name"] == "excess" and mapped["map"]["params"] == checkpoint.calibration.maps["excess"].params
     small_shape = list(digit.shape)
     bounded = list(fit_size(big.shape, 48 * 40))  # 84 × 56 is over VAE_MAX_MAP_PIXELS here
     assert mapped["map"]["shapes"] == [small_shape, bounded]

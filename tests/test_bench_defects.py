@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.anomaly.maps import DEFAULT_MAP, maps_of_split
+from model.anomaly.maps import default_map, maps_of_split
 from model.bench.defects import (
     QUICK, QUICK_FLOORS, DefectBenchConfig, _run_config, mean_image_baseline, nearest_image_baseline,
     quick_failures,
@@ -153,9 +153,10 @@ def test_quick_bench_measures_every_method_on_every_type_and_passes_its_floors(q
     run = report["run"]
     calibrated = load_checkpoint(run["dir"]).calibration
     methods = report["methods"]
-    assert set(methods) == {*(f"score/{s}" for s in calibrated.scores), "map/nll", "map/reconstruction",
-                            "baseline/mean_image", "baseline/nearest_image"}
-    assert [k for k, m in methods.items() if m["default"]] == [f"score/{calibrated.default}", f"map/{DEFAULT_MAP}"]
+    assert set(methods) == {*(f"score/{s}" for s in calibrated.scores), "map/excess", "map/nll",
+                            "map/reconstruction", "baseline/mean_image", "baseline/nearest_image"}
+    assert run["default_map"] == default_map(calibrated.maps) == "excess"  # a Bernoulli run's
+    assert [k for k, m in methods.items() if m["default"]] == [f"score/{calibrated.default}", "map/excess"]
     types = report["data"]["types"]
     assert sorted(types) == ["blob", "missing", "patch", "scratch"]
     for key, method in methods.items():
@@ -177,6 +178,7 @@ def test_quick_floors_fail_a_broken_pipeline(quick_bench):
     _, out = quick_bench
     report = json.loads(out.read_text())
     checkpoint = load_checkpoint(report["run"]["dir"])
+    DEFAULT_MAP = report["run"]["default_map"]
     data = load_data(_run_config(checkpoint.config, QUICK, Path(report["data"]["data_dir"])))
     torch.manual_seed(0)
     maps = maps_of_split(checkpoint.model, data.test.x, name=DEFAULT_MAP,

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from model.core.preprocess import scale
 from model.anomaly.base import require
 from model.anomaly.calibration import AnomalyCalibration, F1Threshold, MapCalibration, ScoreCalibration
-from model.anomaly.maps import MAPS, map_params, maps_of_split
+from model.anomaly.maps import available_maps, map_params, maps_of_split
 from model.anomaly.combined import standardisation, standardise
 from model.anomaly.registry import NLL_SCORES, SCORES, available_scores, default_score
 from model.data.base import Split
@@ -110,7 +110,7 @@ def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | Non
         f1 = {name: F1Threshold.fit(name, scored[name].numpy(), anomalous) for name in names}
     maps = {}
     x = normal.x[:map_images]
-    for name in MAPS:
+    for name in available_maps(model):
         params = map_params(name, model.input_shape)
         torch.manual_seed(0)  # the nll map's posterior samples: the same calibration every time
         maps[name] = MapCalibration.fit(name, maps_of_split(model, x, name=name, **params).numpy(), params)

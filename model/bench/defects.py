@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from model.anomaly.calibration import DEFAULT_FALSE_POSITIVE_RATE
-from model.anomaly.maps import DEFAULT_MAP, MAPS, gaussian_blur, map_params, maps_of_split
+from model.anomaly.maps import available_maps, default_map, gaussian_blur, map_params, maps_of_split
 from model.config.base import raise_problems, setting
 from model.config.train import DEVICES, FOLDER_DATASETS, TrainConfig
 from model.core.device import resolve_device
@@ -260,7 +260,7 @@ def measure(method: Method, labels: np.ndarray, masks: np.ndarray, names: tuple[
 
 
 def model_methods(checkpoint: Checkpoint, x: Tensor, seed: int) -> Iterator[Method]:
-    """The run's calibrated scores (one pass: −L_K is shared), then each map of MAPS, as Methods."""
+    """The run's calibrated scores (one pass: −L_K is shared), then each map the model has, as Methods."""
     from model.anomaly.scoring import score_calibrated
 
     calibration, model = checkpoint.calibration, checkpoint.model
@@ -280,14 +280,15 @@ def model_methods(checkpoint: Checkpoint, x: Tensor, seed: int) -> Iterator[Meth
 
 
 def map_methods(checkpoint: Checkpoint, x: Tensor, seed: int) -> Iterator[Method]:
-    """Each map of MAPS, computed as the run calibrated it; its image score is the map's maximum."""
+    """Each map the model has, computed as the run calibrated it; its image score is the map's maximum."""
     model, stored = checkpoint.model, checkpoint.calibration.maps
-    for name in MAPS:
+    names = available_maps(model)
+    for name in names:
         params = stored[name].params if name in stored else map_params(name, model.input_shape)
         started = time.perf_counter()
         torch.manual_seed(seed)
         maps = maps_of_split(model, x, name=name, **params).numpy()  # (N, H, W)
-        default = name == DEFAULT_MAP
+        default = name == default_map(stored or names)
         label = f"model map `{name}`" + (" (default; image: `map_max`)" if default else " (image: its max)")
         yield Method(f"map/{name}", label, "map_max" if default else f"the maximum of the map {name}",
                      maps.reshape(len(maps), -1).max(1), maps, time.perf_counter() - started, default)
@@ -372,14 +373,16 @@ def run_defects(config: DefectBenchConfig, work_dir: str | Path, *, command: str
     calibration = checkpoint.calibration
     report["run"] = {"dir": str(checkpoint.path), "trained_by_bench": config.run is None,
                      "config": checkpoint.config.to_dict(), "default_score": calibration.default,
-                     "default_map": DEFAULT_MAP, "f1_thresholds": bool(calibration.f1)}
+                     "default_map": default_map(calibration.maps or available_maps(checkpoint.model)),
+                     "f1_thresholds": bool(calibration.f1)}
     save(f"data and model ready: {len(data.test)} test images of {len(report['data']['types'])} defect types")
 
     labels = data.test.y.numpy()
     masks = data.test_masks[:, 0].numpy().astype(bool)  # (N, H, W)
     names = data.class_names
-    default_map = calibration.maps.get(DEFAULT_MAP)
-    sigma = (default_map.params if default_map else map_params(DEFAULT_MAP, checkpoint.model.input_shape))["sigma"]
+    chosen = report["run"]["default_map"]
+    stored = calibration.maps.get(chosen)
+    sigma = (stored.params if stored else map_params(chosen, checkpoint.model.input_shape))["sigma"]
     x = data.test.x
     report["seconds"]["metrics"] = 0.0
     # Each method is computed as the loop reaches it, so each is saved as soon as it is measured.

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from model.anomaly.heatmap import fit_size, overlay, resize_map
-from model.anomaly.maps import DEFAULT_MAP
+from model.anomaly.maps import default_map
 from model.anomaly.predict import read_scores, score_images
 from model.core.noise import RowwiseNoise
 from model.core.preprocess import preprocess
@@ -84,7 +84,7 @@ def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], out: str | Path
         if not calibration.maps:
             raise ValueError(f"--maps: {checkpoint.path} has no calibrated anomaly maps; run "
                              f"`vae evaluate {checkpoint.path}` to calibrate them")
-        map_name = options.map or (DEFAULT_MAP if DEFAULT_MAP in calibration.maps else sorted(calibration.maps)[0])
+        map_name = options.map or default_map(calibration.maps)
         if map_name not in calibration.maps:
             raise ValueError(f"--map: expected one of the calibrated maps {sorted(calibration.maps)}, got {map_name!r}")
     out = Path(out)

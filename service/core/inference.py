@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from model.anomaly.maps import DEFAULT_MAP
+from model.anomaly.maps import default_map
 from model.anomaly.registry import SCORES, unavailable_reason
 from service.core.batching import ArrivalGate, Batcher
 from service.core.errors import BadInputError, NotReadyError, UnsupportedError, plural
@@ -46,12 +46,12 @@ class Inference:
         return name
 
     def anomaly_map(self, entry: ModelEntry, name: str | None) -> str:
-        """The calibrated anomaly map a request asks for (default: `model.anomaly.maps.DEFAULT_MAP`)."""
+        """The calibrated anomaly map a request asks for (default: `model.anomaly.maps.default_map`)."""
         calibrated = sorted(entry.checkpoint.calibration.maps)
         if not calibrated:
             raise UnsupportedError(f"maps: model {entry.name!r} has no calibrated anomaly maps (calibrated before "
                                    f"maps existed); run `vae evaluate {entry.path}` to calibrate them")
-        name = name or (DEFAULT_MAP if DEFAULT_MAP in calibrated else calibrated[0])
+        name = name or default_map(calibrated)
         if name not in calibrated:
             raise BadInputError(f"map: expected one of the calibrated maps {calibrated}, got {name!r}")
         return name
