@@ -172,6 +172,10 @@ def test_training_calibrates_every_map_and_the_f1_thresholds_on_the_labelled_val
     report = json.loads((run / "evaluation.json").read_text())
     assert report["data"]["labelled_validation"]["anomalous"] == 40
     assert report["calibration"]["f1"]["threshold"] == f1.threshold
+    # The labelled anomalies choose the default score: the best AUROC on them.
+    aurocs = calibration.validation_auroc
+    assert set(aurocs) == set(calibration.scores) and aurocs[calibration.default] == max(aurocs.values())
+    assert report["calibration"]["default_chosen_by"] == "AUROC on the labelled validation images"
 
 
 def test_the_map_is_hotter_inside_the_defects_than_around_them(checkpoint):

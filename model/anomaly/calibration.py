@@ -138,6 +138,9 @@ class AnomalyCalibration:
     default: str
     f1: dict[str, F1Threshold] = field(default_factory=dict)
     maps: dict[str, MapCalibration] = field(default_factory=dict)
+    # Each score's AUROC on the labelled validation images, where the run has them: the default is
+    # then the best of them (ties: the benchmark's order).
+    validation_auroc: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.default not in self.scores:
@@ -173,6 +176,8 @@ class AnomalyCalibration:
             out["f1"] = {k: v.to_dict() for k, v in self.f1.items()}
         if self.maps:
             out["maps"] = {k: v.to_dict() for k, v in self.maps.items()}
+        if self.validation_auroc:
+            out["validation_auroc"] = dict(self.validation_auroc)
         return out
 
     @classmethod
@@ -180,4 +185,5 @@ class AnomalyCalibration:
         # Runs calibrated before F1 thresholds and maps existed have neither key.
         return cls({k: ScoreCalibration(**v) for k, v in data["scores"].items()}, data["default"],
                    {k: F1Threshold(**v) for k, v in data.get("f1", {}).items()},
-                   {k: MapCalibration(**v) for k, v in data.get("maps", {}).items()})
+                   {k: MapCalibration(**v) for k, v in data.get("maps", {}).items()},
+                   dict(data.get("validation_auroc", {})))

@@ -157,6 +157,16 @@ def anomaly_maps(model: nn.Module, x: Tensor, *, name: str = "nll", samples: int
     return gaussian_blur(raw, default_sigma(raw.shape) if sigma is None else sigma)
 
 
+def peak(model: nn.Module, x: Tensor, *, k: int = 1, noise: Noise | None = None, companions=None) -> Tensor:
+    """The largest value of each image's default map (`default_map`, default smoothing): (B,).
+
+    An image is as anomalous as its most anomalous neighbourhood, the image score anomalib derives
+    from its maps. `k` and `companions` are accepted for the scores' uniform signature and not used.
+    """
+    name = default_map(available_maps(model))
+    return anomaly_maps(model, x, name=name, noise=noise).flatten(1).max(1).values
+
+
 def maps_of_split(model: nn.Module, x: Tensor, *, batch_size: int = 100, progress: Callable[[int], object] | None = None,
                   **kwargs) -> Tensor:
     """`anomaly_maps` of many images (N, C, H, W), in batches on the model's device: (N, H, W) on the CPU."""

@@ -6,7 +6,9 @@ one `Score(...)` line here declaring what it uses and needs. Calibration, the be
 
 The default score of a run is the first available score of its data set's ranking, which
 `vae bench anomaly --write-rankings` measures and writes to `rankings.json` beside this module
-(data, not code); a data set without a ranking gets the first available of `UNRANKED`.
+(data, not code); a data set without a ranking gets the first available of `UNRANKED`. A run with
+labelled anomalous validation images instead defaults to the score with the best AUROC on them
+(`model.anomaly.scoring.calibrate`): the user's own anomalies say which score sees them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
-from model.anomaly import combined, likelihood, reconstruction, regret
+from model.anomaly import combined, likelihood, maps, reconstruction, regret
 from model.anomaly.base import BACKGROUND, Score
 
 SCORES: dict[str, Score] = {score.name: score for score in (
@@ -36,6 +38,8 @@ SCORES: dict[str, Score] = {score.name: score for score in (
           "(Ren et al. 2019)", uses_k=True, needs=(BACKGROUND,), correction=likelihood.likelihood_ratio_correction),
     Score("likelihood_regret", regret.likelihood_regret, "ELBO gained by optimising the posterior for x alone "
           "(Xiao et al. 2020)", requires="gaussian_latent"),
+    Score("peak", maps.peak, "the largest value of the image's anomaly map (excess for the Bernoulli likelihood, "
+          "else nll): where a defect is, not how unlikely the whole image is"),
 )}
 SCORES["combined"] = Score(
     "combined", partial(combined.combined, SCORES), "the largest of the relative reconstruction error, complexity "

@@ -103,18 +103,25 @@ def calibrate(model: nn.Module, normal: Split, k: int, *, companions: dict | Non
                   **({"k": k} if SCORES[name].uses_k else {})}
         value = standardise({part: values[part] for part in parts}, params)
         calibrations[name] = ScoreCalibration.fit(name, value.numpy(), params)
-    f1 = {}
+    f1, aurocs = {}, {}
+    default = default_score(dataset, names)
     if labelled is not None:
+        from sklearn.metrics import roc_auc_score  # training's dependency, not the service's
+
         scored = score_calibrated(model, labelled.x, calibrations, names, companions=companions)
         anomalous = (labelled.y.cpu() != 0).numpy()
         f1 = {name: F1Threshold.fit(name, scored[name].numpy(), anomalous) for name in names}
+        aurocs = {name: float(roc_auc_score(anomalous, scored[name].numpy())) for name in names}
+        # The user's own anomalies choose the default; ties go to the benchmark's order.
+        order = [default, *[n for n in names if n != default]]
+        default = max(order, key=lambda name: (round(aurocs[name], 6), -order.index(name)))
     maps = {}
     x = normal.x[:map_images]
     for name in available_maps(model):
         params = map_params(name, model.input_shape)
         torch.manual_seed(0)  # the nll map's posterior samples: the same calibration every time
         maps[name] = MapCalibration.fit(name, maps_of_split(model, x, name=name, **params).numpy(), params)
-    return AnomalyCalibration(calibrations, default_score(dataset, names), f1, maps)
+    return AnomalyCalibration(calibrations, default, f1, maps, aurocs)
 
 
 def score_calibrated(model: nn.Module, x: Tensor, calibrations: Mapping[str, ScoreCalibration], names, *,
