@@ -294,3 +294,26 @@ def test_predict_refuses_a_bad_false_positive_rate_and_paths_with_no_images(run,
     empty.mkdir()
     assert main(["predict", str(run), str(empty), "--out", str(tmp_path / "o")]) == 2
     assert "expected image files" in capsys.readouterr().err
+
+
+# --- labelled validation images from --validation-dir -------------------------------------------------
+
+def test_any_folder_takes_labelled_validation_images_from_validation_dir(folder, tmp_path):
+    import shutil
+
+    from model.data.base import DataError
+
+    flat = tmp_path / "parts"
+    shutil.copytree(folder / "train" / "good", flat)
+    config = TrainConfig.of(dataset="folder", data_dir=str(flat), validation_dir=str(folder / "validation"))
+    data = load_data(config)
+    labelled = data.labelled_validation
+    assert data.info["layout"] == "flat" and len(labelled) == 50 and int(labelled.y.sum()) == 40
+    assert data.info["labelled_validation"] == {"normal": 10, "anomalous": 40, "from": str(folder / "validation")}
+    assert data.class_names is None  # the validation folders' names are not classes of the training data
+    with pytest.raises(DataError, match="its own validation/ folder"):
+        load_data(TrainConfig.of(dataset="folder", data_dir=str(folder), validation_dir=str(folder / "validation")))
+    with pytest.raises(DataError, match="expected subfolders good/"):
+        load_data(TrainConfig.of(dataset="folder", data_dir=str(flat), validation_dir=str(folder / "validation" / "blob")))
+    with pytest.raises(Exception, match="validation_dir"):
+        TrainConfig.of(dataset="embedded", validation_dir=str(folder / "validation"))

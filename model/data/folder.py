@@ -278,13 +278,14 @@ def load(data: DataConfig) -> RawData:
         raise DataError(f"--data-dir {root}: none of its {len(scan.entries)} image files can be read: "
                         f"{_named([p for p, _ in skipped], root)} ({skipped[0][1]})")
     if not has_test_part:  # the test images are drawn before decoding, so each part is one run of the cache
-        if len(kept) < 2:
-            raise DataError(f"--data-dir {root}: {len(kept)} readable image; expected at least 2, one for "
+        pool = [e for e in kept if e.part == "train"]  # never the labelled validation images
+        if len(pool) < 2:
+            raise DataError(f"--data-dir {root}: {len(pool)} readable image; expected at least 2, one for "
                             "training and one for testing")
-        n_test = min(len(kept) - 1, max(1, int(round(data.test_fraction * len(kept)))))
+        n_test = min(len(pool) - 1, max(1, int(round(data.test_fraction * len(pool)))))
         generator = torch.Generator().manual_seed(SPLIT_SEED)
-        for i in torch.randperm(len(kept), generator=generator)[:n_test].tolist():
-            kept[i].part = "test"
+        for i in torch.randperm(len(pool), generator=generator)[:n_test].tolist():
+            pool[i].part = "test"
     sizes = Counter(size for size, _ in headers.values())
     if data.input_shape is not None:  # a trained run's recorded shape wins: evaluation sees what training saw
         channels, height, width = data.input_shape
