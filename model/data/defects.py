@@ -39,8 +39,6 @@ and position), so the same config writes byte-identical files.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,7 +294,7 @@ def make_defects(config: DefectConfig, out: str | Path) -> dict:
     """
     from model.config.train import DataConfig
     from model.data.loading import load_raw_data
-    from model.io.atomic import write_bytes, write_json
+    from model.io.atomic import atomic_directory, write_bytes, write_json
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -322,11 +320,9 @@ def make_defects(config: DefectConfig, out: str | Path) -> dict:
             ("test", "test", _chunks(test_sources, kinds, config.test))]
     truth = {"validation": "validation_ground_truth", "test": "ground_truth"}
 
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     counts: dict[str, dict[str, int]] = {}
     areas: dict[str, list[int]] = {t: [] for t in config.types}
-    try:
+    with atomic_directory(out) as tmp:
         for folder, split, sources in plan:
             images = splits[split][0][:, 0]  # (N, H, W)
             width = len(str(max(len(images) - 1, 1)))
@@ -358,12 +354,6 @@ def make_defects(config: DefectConfig, out: str | Path) -> dict:
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
         }
         write_json(tmp / "defects.json", report)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 

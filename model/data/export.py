@@ -11,13 +11,12 @@ on the built-in loader (tests/test_folder_data.py checks this on a seeded run).
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from model.config.train import DataConfig
 from model.data.base import DataError
 from model.data.loading import load_raw_data
+from model.io.atomic import atomic_directory
 from model.io.images import encode_png
 
 
@@ -30,10 +29,8 @@ def export_folder(data: DataConfig, out: str | Path) -> dict[str, int]:
     if out.exists() and any(out.iterdir()):
         raise DataError(f"--out {out}: expected a new or empty folder, got one holding files")
     raw = load_raw_data(data)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     counts = {}
-    try:
+    with atomic_directory(out) as tmp:
         for part, (x, y) in (("train", raw.train), ("test", raw.test)):
             keep = [i for i in range(len(y)) if data.classes is None or int(y[i]) in data.classes]
             width = len(str(max(len(y) - 1, 1)))
@@ -42,10 +39,4 @@ def export_folder(data: DataConfig, out: str | Path) -> dict[str, int]:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"{i:0{width}d}.png").write_bytes(encode_png(x[i]))
             counts[part] = len(keep)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts
