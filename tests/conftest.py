@@ -198,3 +198,19 @@ def chrome(monkeypatch, browser_host):
     browser = webdriver.Chrome(service=Service(executable_path=driver), options=options)
     yield browser
     browser.quit()
+
+
+@pytest.fixture
+def requested_urls(chrome):
+    """Every URL the `chrome` browser has requested so far (read from its performance log)."""
+    import json
+
+    def read() -> set[str]:
+        urls = set()
+        for entry in chrome.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                urls.add(message["params"]["request"]["url"])
+        return urls
+
+    return read

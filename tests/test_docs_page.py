@@ -31,7 +31,7 @@ def test_the_page_loads_its_assets_from_the_server(model_dir, asgi_client):
     assert client.get("/redoc").status_code == 404  # ReDoc's assets are not shipped, so it is off
 
 
-def test_swagger_ui_renders_every_operation_offline(chrome, browser_host, model_dir, live_server):
+def test_swagger_ui_renders_every_operation_offline(chrome, requested_urls, browser_host, model_dir, live_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -46,11 +46,7 @@ def test_swagger_ui_renders_every_operation_offline(chrome, browser_host, model_
     assert document["info"]["title"] in chrome.find_element(By.CSS_SELECTOR, ".info .title").text
     assert not chrome.find_elements(By.CSS_SELECTOR, ".errors-wrapper")
 
-    requested = set()
-    for entry in chrome.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            requested.add(message["params"]["request"]["url"])
+    requested = requested_urls()
     paths = {urlsplit(url).path for url in requested}
     assert {"/docs", "/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css",
             "/docs/openapi-3.0.json"} <= paths, requested  # the log saw the page's own requests

@@ -116,7 +116,7 @@ def _post(url: str, body: dict, token: str) -> dict:
         return json.load(response)
 
 
-def test_the_page_scores_an_uploaded_digit_as_the_api_does_offline(chrome, browser_host, model_dir, live_server,
+def test_the_page_scores_an_uploaded_digit_as_the_api_does_offline(chrome, requested_urls, browser_host, model_dir, live_server,
                                                                   tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -156,11 +156,7 @@ def test_the_page_scores_an_uploaded_digit_as_the_api_does_offline(chrome, brows
     assert chrome.execute_script("return arguments[0].naturalWidth", result.find_element(By.CSS_SELECTOR,
                                                                                            "img.input")) == 28
 
-    requested = set()
-    for entry in chrome.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            requested.add(message["params"]["request"]["url"])
+    requested = requested_urls()
     paths = {urlsplit(url).path for url in requested}
     assert {"/ui", "/ui/session", "/ui/ui.css", "/ui/ui.js", "/models", "/models/tiny",
             "/models/tiny/anomaly"} <= paths, requested  # the log saw the page's own requests
