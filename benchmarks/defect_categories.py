@@ -50,11 +50,20 @@ def category(dataset: str, data_dir: str, label: int, work: Path) -> dict:
 
 def summarise(reports: dict[int, dict]) -> dict:
     """Mean and range over categories of each method's overall metrics."""
-    methods: dict[str, dict] = {}
+    methods: dict[str, dict] = {
+        "default/score": {"label": "**model, its default score** (chosen per run)", "default": True, "per_class": {},
+                          "chosen": {}},
+        "default/map": {"label": "**model, its default map** (image: its max)", "default": True, "per_class": {},
+                        "chosen": {}}}
     for label, report in sorted(reports.items()):
         for key, method in report["methods"].items():
-            entry = methods.setdefault(key, {"label": method["label"], "default": method["default"], "per_class": {}})
+            entry = methods.setdefault(key, {"label": method["label"].replace(" (default", " (").replace(
+                "(; ", "(").replace(" ()", ""), "default": False, "per_class": {}})
             entry["per_class"][label] = {m: method["metrics"]["overall"].get(m) for m in METRICS}
+            if method["default"]:
+                which = "default/map" if key.startswith("map/") else "default/score"
+                methods[which]["per_class"][label] = entry["per_class"][label]
+                methods[which]["chosen"][label] = key.split("/", 1)[1]
     for entry in methods.values():
         for metric in METRICS:
             values = [v[metric] for v in entry["per_class"].values() if v[metric] is not None]
@@ -74,7 +83,7 @@ def table(methods: dict, categories: int) -> str:
                 cells.append(f"{entry['mean'][metric]:.3f} ({entry['min'][metric]:.3f})")
             else:
                 cells.append("—")
-        lines.append(f"| {entry['label']}{' (default)' if entry['default'] else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,7 @@ def main(argv=None) -> int:
                 ax.set_title(columns[col], fontsize=8)
         axes[row, 0].set_ylabel(names[int(data.test.y[i])], fontsize=8)
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="map: percentile of normal pixels")
+    fig.subplots_adjust(top=1 - 0.3 / len(picks), wspace=0.05, hspace=0.1)
     if args.title:
         fig.suptitle(args.title, fontsize=9)
     buffer = io.BytesIO()
