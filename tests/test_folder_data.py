@@ -245,3 +245,21 @@ def test_prepare_converts_channels_like_pil_and_resizes_to_the_shape():
         out = prepare(rgb, Preprocessing((3, 4, 11), mode))
         assert out.shape == (3, 4, 11) and out.dtype == torch.uint8
     assert torch.equal(prepare(grey, Preprocessing((3, 9, 7)))[2], grey[0])
+
+
+def test_a_relative_data_dir_is_recorded_absolute_and_resumes_under_its_relative_name(tmp_path, digits, monkeypatch):
+    from model.cli.main import main
+
+    for i, (digit, label) in enumerate(zip(*digits)):
+        if i < 40:
+            write(colour(digit, label), tmp_path / "images" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    flags = ["train", "--dataset", "folder", "--data-dir", "images", "--arch", "mlp", "--hidden", "16",
+             "--batch-size", "16", "--eval-k", "2", "--calibration-k", "2", "--data-workers", "0", "--quiet"]
+    assert main([*flags, "--epochs", "1", "--out", "run"]) == 0
+    recorded = TrainConfig.load(tmp_path / "run" / "config.json").data.data_dir
+    assert recorded == str((tmp_path / "images").resolve())
+    monkeypatch.chdir(tmp_path / "run")  # another working directory: the run still finds its images
+    assert load_data(TrainConfig.load("config.json")).info["layout"] == "flat"
+    monkeypatch.chdir(tmp_path)
+    assert main([*flags, "--epochs", "2", "--out", "run", "--resume"]) == 0

@@ -39,9 +39,18 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # a runtime knob, not part of the run's config
     overrides = train_overrides(args)
-    if args.resume and (out / CONFIG).exists():
+    saved = TrainConfig.load(out / CONFIG) if args.resume and (out / CONFIG).exists() else None
+    for key in ("data_dir", "validation_dir"):
+        # Recorded absolute, so `vae evaluate`, `bench defects --run` and the service's tools find the
+        # images from any working directory; a resumed run keeps its own spelling of the same folder.
+        if overrides.get(key):
+            given = Path(overrides[key]).expanduser().resolve()
+            before = getattr(saved.data, key) if saved is not None else None
+            same = before is not None and Path(before).expanduser().resolve() == given
+            overrides[key] = before if same else str(given)
+    if saved is not None:
         # The saved run's settings, with the flags given; train() refuses any change but --epochs.
-        config = TrainConfig.load(out / CONFIG).replace(**overrides)
+        config = saved.replace(**overrides)
     else:
         config = TrainConfig.of(**overrides)
     print(summary(train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)))
