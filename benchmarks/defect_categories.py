@@ -27,7 +27,7 @@ from model.bench.defects import DefectBenchConfig, markdown, run_defects
 from model.data.defects import DefectConfig, make_defects
 from model.io.atomic import write_bytes, write_json
 
-# Training flags: the folder default network (conv) with the README's folder settings; eval_k only
+# Training flags: the folder default network (conv), latent 16 as the README's folder example, 30 epochs; eval_k only
 # sets the run's reported test bound, not the model or its scores.
 BENCH = DefectBenchConfig(latent_features=16, epochs=30, eval_k=100, data_workers=0, device="cpu")
 DRAW = DefectConfig(train=2000, validation=20, test=40, seed=0)
