@@ -56,7 +56,9 @@ def test_a_run_written_before_the_shape_was_recorded_loads_as_28_by_28(kind, tmp
         assert any(k.startswith("encoder_x.") for k in load_file(run / ckpt.WEIGHTS))
     checkpoint = load_checkpoint(run)
     assert "input_shape" not in (run / "config.json").read_text()
-    assert checkpoint.config.data.input_shape is None and checkpoint.config.data.shape == (1, 28, 28)
+    # Read back with its data set's shape and labels (the embedded digits' spec), as training now records them.
+    assert checkpoint.config.data.input_shape == checkpoint.config.data.shape == (1, 28, 28)
+    assert checkpoint.config.data.class_labels == tuple(range(10))
     assert checkpoint.model.kind == kind and checkpoint.model.input_shape == (1, 28, 28)
     x = torch.rand(3, 1, 28, 28)
     assert torch.isfinite(checkpoint.model.elbo_terms(x).elbo).all()

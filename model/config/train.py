@@ -33,10 +33,6 @@ from model.core.preprocess import RESIZE_MODES, Preprocessing
 BINARIZE_MODES = ("none", "dynamic", "static")
 OBJECTIVES = ("elbo", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
-# Not a default image size: the recorded fact of what every run written before `input_shape` and
-# `class_labels` were recorded (format 1 as first shipped) was trained on. New runs always record both.
-LEGACY_INPUT_SHAPE = (1, 28, 28)
-LEGACY_CLASS_LABELS = tuple(range(10))
 FOLDER_DATASETS = ("folder",)  # data sets of a user's own images: their runs default to --arch conv
 TITLE = "invalid training config"
 
@@ -119,15 +115,20 @@ class DataConfig:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The recorded input shape, or that of every run written before it was recorded."""
-        return self.input_shape or LEGACY_INPUT_SHAPE
+        """The recorded input shape (C, H, W). `vae train` records it from the data before building a
+        model; a run written before it was recorded gets its data set's on reading (`model.runs.checkpoint`)."""
+        if self.input_shape is None:
+            raise ValueError("input_shape: expected the recorded (C, H, W) of the run's images, got none "
+                             "(`vae train` records it from the data before building a model)")
+        return self.input_shape
 
     @property
     def labels_known(self) -> tuple[int, ...]:
-        """The recorded class labels; for older runs the class filter, or the ten digits."""
-        if self.class_labels is not None:  # () for unlabelled images (a flat folder)
-            return self.class_labels
-        return tuple(sorted(self.classes)) if self.classes else LEGACY_CLASS_LABELS
+        """The recorded class labels (() for unlabelled images, a flat folder), recorded as `shape` is."""
+        if self.class_labels is None:
+            raise ValueError("class_labels: expected the recorded labels of the run's images, got none "
+                             "(`vae train` records them from the data before building a model)")
+        return self.class_labels
 
 
 @dataclass(frozen=True)

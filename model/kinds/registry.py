@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from model.config.train import TrainConfig
+from model.data.registry import with_recorded_data
 from model.kinds import categorical, gaussian, m2
 from model.kinds.base import Kind, Objective
 from model.nets.registry import get_network
@@ -28,7 +29,9 @@ def get_kind(name: str) -> Kind:
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """The untrained model a config describes, of the input shape and class labels it records."""
+    """The untrained model a config describes, of the input shape and class labels it records (those
+    of its data set where it records none: `model.data.registry.with_recorded_data`)."""
+    config = with_recorded_data(config)
     return get_kind(config.model.kind).build(config.model, get_network(config.arch), config.data.shape,
                                              config.data.labels_known)
 

@@ -31,6 +31,7 @@ from model.io.atomic import atomic_write, sha256, write_json
 from model.anomaly.calibration import AnomalyCalibration
 from model.nets.classifier import LinearSoftmaxClassifier
 from model.config.train import TrainConfig
+from model.data.registry import with_recorded_data
 from model.kinds.registry import build_model
 
 FORMAT = "vae-lab-run"
@@ -161,7 +162,8 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     """The model and config of a run directory (complete or not), in eval mode on `device`."""
     run_dir = Path(run_dir)
     try:
-        config = TrainConfig.from_dict(_read_json(run_dir / CONFIG))
+        # A run written before the images' shape and labels were recorded: its data set's.
+        config = with_recorded_data(TrainConfig.from_dict(_read_json(run_dir / CONFIG)))
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{run_dir / CONFIG}: not a valid training config ({error})") from error
     model = build_model(config)

@@ -20,6 +20,7 @@ from model.core.schedules import Progress
 from model.data.base import Split
 from model.data.batches import labelled_batches, training_batches
 from model.kinds.base import Objective
+from model.data.registry import with_recorded_data
 from model.kinds.registry import build_model, build_objective, get_kind
 
 
@@ -82,6 +83,7 @@ def fit(config: TrainConfig, x: Tensor, *, epochs: int, transform: Callable[[Ten
     if epochs < 1:
         raise ValueError(f"epochs: expected >= 1, got {epochs}")
     torch.manual_seed(config.seed if seed is None else seed)
+    config = with_recorded_data(config, tuple(x.shape[1:]))  # a config not from a run: the images' own shape
     model = build_model(config).to(x.device)
     objective = build_objective(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=weight_decay)
