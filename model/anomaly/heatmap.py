@@ -52,6 +52,12 @@ def colour(percentiles: Tensor, low: float = LOW) -> Tensor:
     return rgb.permute(2, 0, 1)
 
 
+def at_image_size(image: Tensor, percentiles: Tensor, max_pixels: int) -> Tensor:
+    """A map (h, w) in percentiles brought to its image's size (C, H, W), scaled down to at most
+    `max_pixels` pixels, clamped to 0–100 (`overlay(image, it)` is then its heatmap)."""
+    return resize_map(percentiles, fit_size(tuple(image.shape[-2:]), max_pixels)).clamp(0, 100)
+
+
 def overlay(image: Tensor, percentiles: Tensor, *, low: float = LOW, alpha: float = ALPHA) -> Tensor:
     """The map's colours laid over the image: uint8 RGB (3, h, w) at the map's size (h, w).
 

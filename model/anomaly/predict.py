@@ -13,9 +13,24 @@ import numpy as np
 from torch import Tensor, nn
 
 from model.anomaly.calibration import AnomalyCalibration
-from model.anomaly.maps import anomaly_maps
+from model.anomaly.maps import anomaly_maps, default_map
 from model.anomaly.registry import SCORES
 from model.core.noise import Noise
+
+
+class NoMapsError(ValueError):
+    """The run has no calibrated anomaly maps (it was calibrated before maps existed)."""
+
+
+def choose_map(calibration: AnomalyCalibration, name: str | None) -> str:
+    """The calibrated map `name`, or the default one (`model.anomaly.maps.default_map`) for None."""
+    if not calibration.maps:
+        raise NoMapsError("the run has no calibrated anomaly maps (it was calibrated before maps existed); "
+                          "`vae evaluate RUN_DIR` calibrates them")
+    name = name or default_map(calibration.maps)
+    if name not in calibration.maps:
+        raise ValueError(f"map: expected one of the calibrated maps {sorted(calibration.maps)}, got {name!r}")
+    return name
 
 
 def score_images(model: nn.Module, x: Tensor, *, score: str, params: Mapping | None = None,

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from model.anomaly.heatmap import fit_size, overlay, resize_map
-from model.anomaly.maps import default_map
-from model.anomaly.predict import read_scores, score_images
+from model.anomaly.heatmap import at_image_size, overlay
+from model.anomaly.predict import choose_map, read_scores, score_images
 from model.core.noise import RowwiseNoise
 from model.core.preprocess import preprocess
 from model.io.atomic import write_bytes
@@ -81,12 +80,10 @@ def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], out: str | Path
     threshold, source, _ = calibration.threshold_for(score, options.threshold, options.false_positive_rate)
     map_name = None
     if options.maps:
-        if not calibration.maps:
-            raise ValueError(f"--maps: {checkpoint.path} has no calibrated anomaly maps; run "
-                             f"`vae evaluate {checkpoint.path}` to calibrate them")
-        map_name = options.map or default_map(calibration.maps)
-        if map_name not in calibration.maps:
-            raise ValueError(f"--map: expected one of the calibrated maps {sorted(calibration.maps)}, got {map_name!r}")
+        try:
+            map_name = choose_map(calibration, options.map)
+        except ValueError as error:
+            raise ValueError(f"--maps {checkpoint.path}: {error}") from None
     out = Path(out)
     files, skipped = collect(paths)
     preprocessing = checkpoint.config.data.preprocessing
@@ -111,8 +108,8 @@ def predict(checkpoint: Checkpoint, paths: Sequence[str | Path], out: str | Path
                    "threshold_source": source, "score_name": score}
             flagged += bool(read["is_anomaly"][i])
             if map_name is not None:
-                size = fit_size(tuple(original.shape[-2:]), options.max_map_pixels)
-                heat = overlay(original, resize_map(torch.from_numpy(read["anomaly_map"][i]), size).clamp(0, 100))
+                values = torch.from_numpy(read["anomaly_map"][i])
+                heat = overlay(original, at_image_size(original, values, options.max_map_pixels))
                 name = Path("maps") / f"{first + i:06d}_{path.stem}.png"
                 write_bytes(out / name, encode_png(heat))
                 row["map"] = str(name)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from model.anomaly.maps import default_map
+from model.anomaly.predict import NoMapsError, choose_map
 from model.anomaly.registry import SCORES, unavailable_reason
 from service.core.batching import ArrivalGate, Batcher
 from service.core.errors import BadInputError, NotReadyError, UnsupportedError, plural
@@ -47,14 +47,12 @@ class Inference:
 
     def anomaly_map(self, entry: ModelEntry, name: str | None) -> str:
         """The calibrated anomaly map a request asks for (default: `model.anomaly.maps.default_map`)."""
-        calibrated = sorted(entry.checkpoint.calibration.maps)
-        if not calibrated:
-            raise UnsupportedError(f"maps: model {entry.name!r} has no calibrated anomaly maps (calibrated before "
-                                   f"maps existed); run `vae evaluate {entry.path}` to calibrate them")
-        name = name or default_map(calibrated)
-        if name not in calibrated:
-            raise BadInputError(f"map: expected one of the calibrated maps {calibrated}, got {name!r}")
-        return name
+        try:
+            return choose_map(entry.checkpoint.calibration, name)
+        except NoMapsError as error:
+            raise UnsupportedError(f"maps: model {entry.name!r}: {error}") from None
+        except ValueError as error:
+            raise BadInputError(str(error)) from None
 
     def key(self, entry: ModelEntry, operation: str, params: dict) -> tuple:
         """The settings of the forward pass; only requests with equal keys share a pass."""

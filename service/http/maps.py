@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.anomaly.heatmap import fit_size, overlay, resize_map
+from model.anomaly.heatmap import at_image_size, overlay
 from service.http.images import Images, png_base64
 
 
@@ -22,9 +22,8 @@ def render_maps(percentiles: np.ndarray, images: Images, max_pixels: int, number
     maps, heat, shapes = [] if numbers else None, [] if pngs else None, []
     for i, values in enumerate(torch.from_numpy(percentiles)):
         original = images.originals[i] if images.originals else torch.from_numpy(images.x[i])
-        size = fit_size(tuple(original.shape[-2:]), max_pixels)
-        resized = resize_map(values, size).clamp(0, 100)
-        shapes.append(list(size))
+        resized = at_image_size(original, values, max_pixels)
+        shapes.append(list(resized.shape))
         if maps is not None:
             maps.append(np.round(resized.numpy(), 3).tolist())
         if heat is not None:
