@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
-from contextlib import asynccontextmanager
 
 import torch
 from fastapi import Depends, FastAPI, Response
@@ -17,7 +17,7 @@ from service.http.docs import install_docs
 from service.http.errors import error_responses, install_error_handlers
 from service.http.limits import BodySizeLimit
 from service.http.tracking import RequestTracking
-from service.oip import routes as oip
+from service.oip import repository, routes as oip
 from service.rest import routes
 from service.settings import Settings
 from service.state import Service, ServiceDep
@@ -44,15 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("service").setLevel(settings.log_level.upper())
     service = Service.build(settings)
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(service.inference.executor, service.registry.load_all, service.inference.warm_up)
-        entries = service.registry.models.values()
-        service.metrics.models_ready.set(sum(e.ready for e in entries))
-        service.metrics.models_failed.set(sum(not e.ready for e in entries))
+        await service.repository.poll_now()  # every run directory there is, loaded and warmed up
         # Everything loaded so far (torch, the models, the app) lives as long as the process. Moving
         # it out of the collector's sight makes a full collection take milliseconds instead of the
         # ~0.4 s measured with it in view: a pause every request in flight would wait out.
@@ -60,7 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         ok, reason = service.registry.readiness()
         (log.info if ok else log.warning)("%s", reason)
+        # Run directories added, replaced or removed from now on (service.core.repository).
+        watcher = asyncio.create_task(service.repository.watch(), name="model repository") \
+            if settings.poll_interval_s > 0 else None
         yield
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await service.repository.close()  # a load under way finishes first; none starts
         await service.inference.close()  # uvicorn has already let the requests in flight finish
         gc.unfreeze()  # let interpreter shutdown collect as usual (extension modules check for leaks)
         log.info("batchers drained; shutting down")
@@ -74,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.models)
     app.include_router(oip.router)
     app.include_router(oip.models)
+    app.include_router(repository.router)
     if settings.benchmark_endpoints:
         app.include_router(routes.benchmark)
     if settings.ui:

@@ -16,13 +16,13 @@ def register(commands) -> None:
     serve.set_defaults(handler=_serve)
 
 
-def check_model_dir(root: Path) -> None:
-    """Refuse (ValueError) a model directory that can serve nothing.
+def check_model_dir(root: Path, polling: bool) -> None:
+    """Refuse (ValueError) a model directory that can serve nothing, now or later.
 
-    `create_app` over such a directory starts and answers 503 on every model route, which suits a
-    library user who fills the directory before starting the app. From the command line it is a
-    mistake (a typo, or no run trained yet) that waiting would not mend: the server does not pick
-    up runs added after it starts.
+    A missing path or a file is a mistake (a typo) that waiting would not mend. An existing but
+    empty directory is refused only when the repository does not poll it (VAE_POLL_INTERVAL_S=0):
+    a polling server starts, answers 503 on /health/ready until a run appears, and serves it then,
+    as a Kubernetes pod started before its training Job has written the first run must.
     """
     from service.core.registry import run_directories  # see _serve
 
@@ -31,9 +31,10 @@ def check_model_dir(root: Path) -> None:
         raise ValueError(f"the model directory {root} does not exist; {expected}")
     if not root.is_dir():
         raise ValueError(f"the model directory {root} is not a directory; {expected}")
-    if not run_directories(root):
-        raise ValueError(f"the model directory {root} holds no run directories; train one first with "
-                         f"`vae train --out {root}/NAME` (the server does not pick up runs added after it starts)")
+    if not polling and not run_directories(root):
+        raise ValueError(f"the model directory {root} holds no run directories and VAE_POLL_INTERVAL_S is 0, so "
+                         f"none added later would be served; train one first with `vae train --out {root}/NAME`, "
+                         f"or poll for it (VAE_POLL_INTERVAL_S > 0)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -45,7 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
     from service.settings import Settings
 
     settings = Settings(**({"model_dir": args.model_dir} if args.model_dir is not None else {}))
-    check_model_dir(settings.model_dir)  # `vae` prints the ValueError as one line and exits with 2
+    check_model_dir(settings.model_dir, polling=settings.poll_interval_s > 0)  # `vae` prints the ValueError as one
+    # line and exits with 2
     # uvicorn stops accepting on SIGTERM or SIGINT, waits for requests in flight (at most the
     # timeout), runs the lifespan's shutdown (which drains the batchers), restores the handlers it
     # found and re-raises the signal. The handlers below receive that re-raised signal, so a

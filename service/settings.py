@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     inference_threads: int = Field(1, ge=1, description="threads running forward passes")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="longest SIGTERM waits for requests in flight")
+    poll_interval_s: float = Field(2.0, ge=0, description="seconds between polls of the model directory for run "
+                                                          "directories added, replaced or removed (0: never)")
     benchmark_endpoints: bool = Field(False, description="add POST /benchmark/noop (the HTTP floor)")
     ui: bool = Field(True, description="serve the results page at /ui (behind the token when one is set)")
     max_map_pixels: int = Field(512 * 512, ge=1, description="largest anomaly map returned per image (height × "

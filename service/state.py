@@ -1,4 +1,4 @@
-"""What one app holds (settings, models, batchers, metrics) and the dependency handing it to routes."""
+"""What one app holds (settings, models, their repository, batchers, metrics) and the dependency handing it to routes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from service.core.batching import ArrivalGate
 from service.core.inference import Inference
 from service.core.metrics import Metrics
 from service.core.registry import Registry
+from service.core.repository import ModelRepository
 from service.settings import Settings
 
 
@@ -21,13 +22,16 @@ class Service:
     inference: Inference
     metrics: Metrics
     gate: ArrivalGate
+    repository: ModelRepository
 
     @classmethod
     def build(cls, settings: Settings) -> "Service":
         registry = Registry(settings)
         metrics = Metrics()
         gate = ArrivalGate()
-        return cls(settings, registry, Inference(settings, registry, metrics, gate), metrics, gate)
+        inference = Inference(settings, registry, metrics, gate)
+        repository = ModelRepository(settings, registry, metrics, inference.warm_up, after_change=inference.retire_stale)
+        return cls(settings, registry, inference, metrics, gate, repository)
 
 
 async def get_service(request: Request) -> Service:

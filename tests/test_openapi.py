@@ -81,6 +81,7 @@ ROUTES = {
     "GET /v2/models/{model}/versions/{model_version}", "GET /v2/models/{model}/versions/{model_version}/ready",
     "POST /v2/models/{model}/infer", "POST /v2/models/{model}/versions/{model_version}/infer",
     "POST /benchmark/noop",
+    "POST /v2/repository/index", "POST /v2/repository/models/{name}/load", "POST /v2/repository/models/{name}/unload",
 }
 
 

@@ -34,7 +34,7 @@ def images_tensor(images=IMAGES, shape=None):
 
 
 def test_server_metadata_and_health(client):
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2/models/tiny.encode/ready").status_code == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 rng = np.random.default_rng(1)
 IMAGES = rng.uniform(0, 1, (2, 784)).astype(np.float32)
@@ -168,8 +170,9 @@ def test_serving_imports_no_training_libraries(model_dir):
 @pytest.mark.parametrize("layout, expected", [
     ("missing", "vae serve: error: the model directory {root} does not exist; expected a folder of run "
                 "directories written by `vae train --out {root}/NAME`\n"),
-    ("empty", "vae serve: error: the model directory {root} holds no run directories; train one first with "
-              "`vae train --out {root}/NAME` (the server does not pick up runs added after it starts)\n"),
+    ("empty", "vae serve: error: the model directory {root} holds no run directories and VAE_POLL_INTERVAL_S "
+              "is 0, so none added later would be served; train one first with `vae train --out {root}/NAME`, "
+              "or poll for it (VAE_POLL_INTERVAL_S > 0)\n"),
     ("file", "vae serve: error: the model directory {root} is not a directory; expected a folder of run "
              "directories written by `vae train --out {root}/NAME`\n"),
 ])
@@ -190,7 +193,58 @@ def test_serve_refuses_a_model_directory_with_nothing_to_serve(layout, expected,
         raise AssertionError("uvicorn started over a model directory with nothing to serve")
 
     monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setenv("VAE_POLL_INTERVAL_S", "0")  # polling, an empty directory is served once filled (below)
     assert main(["serve", "--model-dir", str(root)]) == 2
     captured = capsys.readouterr()
     assert captured.err == expected.format(root=root)
     assert captured.out == ""
+
+
+def test_a_polling_server_over_an_empty_directory_waits_unready_and_serves_the_first_run(tiny_run, tmp_path):
+    """Started before any run exists (a pod before its training Job), /health/ready answers 503 naming
+    the empty directory; a run renamed into place is served without a restart."""
+    root = tmp_path / "models"
+    root.mkdir()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model", "serve", "--model-dir", str(root), "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "VAE_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1", "VAE_POLL_INTERVAL_S": "0.2"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        status, body = _wait_for(f"{base}/health/ready", lambda code: code is not None, process)
+        assert status == 503, body
+        assert str(root) in body
+        staging = tmp_path / "staging"
+        shutil.copytree(tiny_run, staging)
+        staging.rename(root / "tiny")
+        status, body = _wait_for(f"{base}/health/ready", lambda code: code == 200, process)
+        assert "tiny" in body
+        request = urllib.request.Request(f"{base}/models/tiny/elbo", method="POST",
+                                         data=json.dumps({"images": [[[[0.0] * 28] * 28]]}).encode(),
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+            assert len(json.loads(response.read())["elbo"]) == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def _wait_for(url: str, done, process, timeout: float = 120) -> tuple[int | None, str]:
+    """(status, body) of GET url once done(status) holds; fails if the server exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited ({process.returncode}):\n{process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                status, body = response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            status, body = None, ""
+        if done(status):
+            return status, body
+        time.sleep(0.2)
+    pytest.fail(f"{url}: the condition did not hold within {timeout} s")

@@ -122,6 +122,11 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        """No call queued or in a pass."""
+        return self._idle.is_set() and not self._queue
+
     async def submit(self, call) -> Any:
         """Queue a call and wait for its own result (raises what its pass raised)."""
         ticket = CURRENT_TICKET.get()

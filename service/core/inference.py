@@ -29,7 +29,8 @@ class Inference:
         self.metrics = metrics
         self.gate = gate
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
-        self.batchers: dict[tuple[str, str], Batcher] = {}
+        # (model, operation, entry generation) -> its batcher: a replaced model's pass never serves its successor
+        self.batchers: dict[tuple[str, str, int], Batcher] = {}
         self.closing = False
 
     # --- the request's parameters -----------------------------------------------------------
@@ -109,7 +110,8 @@ class Inference:
     # --- running it -------------------------------------------------------------------------
 
     def _batcher(self, entry: ModelEntry, operation: str) -> Batcher:
-        batcher = self.batchers.get((entry.name, operation))
+        key = (entry.name, operation, entry.generation)
+        batcher = self.batchers.get(key)
         if batcher is None:
             checkpoint = entry.checkpoint
             s = self.settings
@@ -118,20 +120,25 @@ class Inference:
                 executor=self.executor, gate=self.gate, max_batch_size=s.max_batch_size,
                 max_wait_s=s.max_wait_ms / 1000, max_queue=s.max_queue,
                 observe=self.metrics.observer(entry.name, operation))
-            self.batchers[(entry.name, operation)] = batcher
+            self.batchers[key] = batcher
         return batcher
 
-    async def run(self, name: str, operation: str, *, finish: dict | None = None, **request) -> Outputs:
-        """Run `operation` of model `name` for one request and return its outputs (numpy, rows first).
+    async def run(self, entry: ModelEntry, operation: str, *, finish: dict | None = None, **request) -> Outputs:
+        """Run `operation` of the ready model `entry` for one request and return its outputs (numpy, rows first).
+
+        The request is answered by `entry` even if a newer copy of its run replaces it meanwhile: a
+        request is checked against one model and answered by the same one.
 
         Args:
+            entry: from `Registry.ready_model`.
             finish: per-request parameters applied after the pass (beta, false_positive_rate).
             request: inputs= / n=, seed=, labels= and the pass parameters (k, num_samples, score).
         """
         if self.closing:
             raise NotReadyError("the server is shutting down")
-        entry = self.registry.ready_model(name, operation)
+        self.registry.check_operation(entry, operation)
         call = self.call(entry, operation, **request)
+        # No await between finding the batcher and queueing the call: `retire_stale` cannot close it in between.
         outputs = await self._batcher(entry, operation).submit(call)
         finish = dict(finish or {})
         if operation == "anomaly":
@@ -159,6 +166,18 @@ class Inference:
         key = dict(call.key)
         finish = {"anomaly": {"score": key.get("score"), "map": key.get("map")}}.get(operation, {})
         return OPERATIONS[operation].finish(entry.checkpoint, outputs, **finish)
+
+    async def retire_stale(self) -> None:
+        """Close the idle batchers of models no longer served (replaced, removed or unloaded).
+
+        A busy one is left for the next call. A request still holding a retired model gets a fresh
+        batcher for it (`_batcher`), which a later call retires in turn: no request is refused.
+        """
+        current = self.registry.snapshot.generations
+        for key, batcher in list(self.batchers.items()):
+            if key[2] not in current and batcher.idle and self.batchers.get(key) is batcher:
+                del self.batchers[key]
+                await batcher.close()
 
     async def close(self) -> None:
         """Stop taking requests, let every queued and running pass finish, stop the threads."""

@@ -33,6 +33,12 @@ class Metrics:
         self.models_ready = Gauge("vae_models_ready", "Models loaded and warmed up", registry=self.registry)
         self.models_failed = Gauge("vae_models_failed", "Model directories that could not be served",
                                    registry=self.registry)
+        # The live model repository (service.core.repository): outcome is loaded (a new copy or version went
+        # live), failed (files that could not be served: the copy loaded before, if any, still is), removed, unloaded.
+        self.reloads = Counter("vae_model_reloads", "Model directories loaded, failed, removed or unloaded while "
+                               "serving", ("model", "outcome"), registry=self.registry)
+        self.repository_polls = Counter("vae_repository_polls", "Polls of the model directory",
+                                        registry=self.registry)
 
     def observer(self, model: str, operation: str):
         """A callback for `Batcher(observe=...)` recording one pass."""

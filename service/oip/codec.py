@@ -19,7 +19,6 @@ from service.http.bodies import parse_json
 from service.http.images import as_number_array
 from service.oip.types import InferRequest, InputTensor
 
-VERSION = "1"
 DTYPES: dict[str, np.dtype] = {name: np.dtype(t) for name, t in {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -132,7 +131,8 @@ def flag(value, field: str) -> bool:
     return value
 
 
-def encode_response(model: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> Response:
+def encode_response(model: str, request: InferRequest, outputs: dict[str, np.ndarray], version: str) -> Response:
+    """The InferResponse of `version` of `model` (JSON, or a JSON header and binary tensors)."""
     default_binary = flag(request.parameters.get("binary_data_output", False), "parameters.binary_data_output")
     if request.outputs:
         wanted = []
@@ -156,7 +156,7 @@ def encode_response(model: str, request: InferRequest, outputs: dict[str, np.nda
         else:
             tensor["data"] = array.reshape(-1).tolist()
         tensors.append(tensor)
-    body = {"model_name": model, "model_version": VERSION, "outputs": tensors}
+    body = {"model_name": model, "model_version": version, "outputs": tensors}
     if request.id is not None:
         body["id"] = request.id
     head = to_json(body)  # pydantic-core's encoder: several times faster than json.dumps on big outputs

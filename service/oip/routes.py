@@ -28,7 +28,7 @@ from service.http.auth import require_token
 from service.http.errors import error_responses
 from service.http.images import check_count, check_images
 from service.oip.codec import (
-    IGNORED_PARAMETERS, OIP_NAMES, PER_REQUEST_OUTPUTS, VERSION, encode_response, read_infer_request, tensor_array,
+    IGNORED_PARAMETERS, OIP_NAMES, PER_REQUEST_OUTPUTS, encode_response, read_infer_request, tensor_array,
 )
 from service.oip.types import (
     EXAMPLE_PIXELS, InferRequest, InferResponse, ModelMetadataResponse, ModelReadyResponse, ServerLiveResponse, ServerMetadataResponse,
@@ -71,20 +71,21 @@ async def ready(service: ServiceDep) -> Response:
 
 @models.get("", response_model=ServerMetadataResponse, summary="OIP server metadata")
 async def server_metadata() -> dict:
-    """The server's name, its version and the protocol extensions it speaks (binary tensor data)."""
-    return {"name": "vae-lab", "version": _server_version(), "extensions": ["binary_tensor_data"]}
+    """The server's name, its version and the protocol extensions it speaks (binary tensor data, model repository)."""
+    return {"name": "vae-lab", "version": _server_version(), "extensions": ["binary_tensor_data", "model_repository"]}
 
 
 def resolve(service: Service, model: str, model_version: str | None = None) -> tuple[ModelEntry, str]:
-    """`mnist.encode` -> (the ready entry of mnist, "encode"), or 404/400/503 saying why not."""
+    """`mnist.encode` -> (the ready entry of mnist, "encode"), or 404/400/503 saying why not.
+
+    Without `model_version`, the model's default version (its highest ready one) answers.
+    """
     name, _, operation = model.rpartition(".")
     if not name or operation not in OPERATIONS:
         raise ModelNotFoundError(
             f"no OIP model {model!r}: expected a name of the form {{model}}.{{operation}}, such as "
             f"{next(iter(service.registry.models), 'mnist')}.encode, with operation one of {sorted(OPERATIONS)}")
-    if model_version is not None and model_version != VERSION:
-        raise ModelNotFoundError(f"model {model!r} has only version {VERSION!r}, got {model_version!r}")
-    return service.registry.ready_model(name, operation), operation
+    return service.registry.ready_model(name, operation, model_version), operation
 
 
 def _input_specs(entry: ModelEntry, operation: str) -> list[dict]:
@@ -109,7 +110,8 @@ def _output_specs(entry: ModelEntry, operation: str) -> list[dict]:
 
 def _metadata(service: Service, model: str, model_version: str | None) -> dict:
     entry, operation = resolve(service, model, model_version)
-    return {"name": model, "versions": [VERSION], "platform": f"vae-lab/{entry.kind}",
+    versions = [v for v, e in service.registry.served(entry.name).versions.items() if e.ready]
+    return {"name": model, "versions": versions, "platform": f"vae-lab/{entry.kind}",
             "inputs": _input_specs(entry, operation), "outputs": _output_specs(entry, operation)}
 
 
@@ -124,7 +126,8 @@ async def model_metadata(model: OipModel, service: ServiceDep) -> dict:
 @models.get("/models/{model}/versions/{model_version}", response_model=ModelMetadataResponse,
             responses=MODEL_ERRORS, summary="OIP model metadata of one version")
 async def model_version_metadata(model: OipModel, model_version: str, service: ServiceDep) -> dict:
-    """As the unversioned route; every model has the one version "1" (404 for any other)."""
+    """As the unversioned route, for one version: a plain run directory is version "1"; a model folder of
+    numbered run directories (`runs/<name>/<n>/`) has those (404 for any other)."""
     return _metadata(service, model, model_version)
 
 
@@ -140,7 +143,7 @@ async def model_ready(model: OipModel, service: ServiceDep) -> dict:
 @models.get("/models/{model}/versions/{model_version}/ready", response_model=ModelReadyResponse,
             responses=MODEL_ERRORS, summary="OIP model readiness of one version")
 async def model_version_ready(model: OipModel, model_version: str, service: ServiceDep) -> dict:
-    """As the unversioned route; every model has the one version "1" (404 for any other)."""
+    """As the unversioned route, for one version ("1" for a plain run directory; 404 for an unknown one)."""
     resolve(service, model, model_version)
     return {"name": model, "ready": True}
 
@@ -206,8 +209,8 @@ async def _infer(service: Service, request: Request, model: str, model_version: 
     finish = {k: params.pop(k) for k in ("beta", "false_positive_rate", "threshold") if k in params}
     if operation == "anomaly":
         params["score"] = service.inference.anomaly_score(entry, params.get("score"))
-    outputs = await service.inference.run(entry.name, operation, finish=finish, **inputs, **params)
-    return encode_response(model, infer_request, outputs)
+    outputs = await service.inference.run(entry, operation, finish=finish, **inputs, **params)
+    return encode_response(model, infer_request, outputs, entry.version)
 
 
 INFER_DOC = {"requestBody": {"required": True, "content": {"application/json": {
@@ -237,5 +240,6 @@ async def infer(model: OipModel, request: Request, service: ServiceDep) -> Respo
 @models.post("/models/{model}/versions/{model_version}/infer", response_model=InferResponse,
              responses=INFER_RESPONSES, summary="OIP inference on one version", openapi_extra=INFER_DOC)
 async def infer_version(model: OipModel, model_version: str, request: Request, service: ServiceDep) -> Response:
-    """As the unversioned route; every model has the one version "1" (404 for any other)."""
+    """As the unversioned route, answered by that version ("1" for a plain run directory; 404 for an
+    unknown one); the response's `model_version` says which answered."""
     return await _infer(service, request, model, model_version)

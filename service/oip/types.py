@@ -106,3 +106,24 @@ class InferResponse(BaseModel):
     model_version: str
     id: str | None = Field(None, description="the request's id, if it had one")
     outputs: list[OutputTensor]
+
+
+# --- the model repository extension (Triton's `extension_model_repository.md`) --------------------
+
+class RepositoryIndexRequest(_Tolerant):
+    ready: bool = Field(False, description="list only the models ready for inference")
+
+
+class RepositoryModelRequest(_Tolerant):
+    parameters: dict[str, Any] = Field(default_factory=dict, description=(
+        "none are needed: `config` and `file:...` overrides are refused (a model is its run directory); "
+        "`unload_dependents` is accepted on unload (no model here depends on another)"))
+
+
+class RepositoryIndexEntry(BaseModel):
+    model_config = _example({"name": "default", "version": "1", "state": "READY", "reason": ""})
+    name: str = Field(description="the model: its run directory's name (its OIP models are {name}.{operation})")
+    version: str | None = Field(None, description="\"1\" for a plain run directory, else its numbered subdirectory")
+    state: str = Field(description="READY, UNAVAILABLE (see reason) or LOADING")
+    reason: str = Field(description="why it is in that state: its load error, \"unloaded\", or for a READY version "
+                                    "why newer files on disk are not served (e.g. a copy still being written)")

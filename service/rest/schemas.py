@@ -206,12 +206,26 @@ class Health(BaseModel):
     reason: str | None = None
 
 
+class VersionSummary(BaseModel):
+    """One version of a model: a plain run directory is version "1"; a model folder's are its numbered subfolders."""
+
+    version: str
+    ready: bool
+    error: str | None = Field(None, description="why it is not ready")
+    path: str = Field(description="its run directory")
+    note: str | None = Field(None, description="why the files now in its directory are not what is served (e.g. a "
+                                               "copy still being written); the copy loaded before still is")
+
+
 class ModelSummary(BaseModel):
     name: str
     kind: str | None
     ready: bool
     error: str | None = None
     operations: list[str]
+    version: str | None = Field(None, description="the version described: the one requests without ?version= "
+                                                  "reach (the highest ready one)")
+    versions: list[VersionSummary] | None = Field(None, description="every version, oldest first")
 
 
 _OPERATIONS = ["encode", "decode", "sample", "reconstruct", "elbo", "iwae", "classify", "anomaly"]
@@ -219,7 +233,8 @@ _OPERATIONS = ["encode", "decode", "sample", "reconstruct", "elbo", "iwae", "cla
 
 class ModelList(BaseModel):
     model_config = ConfigDict(json_schema_extra=_examples({"models": [
-        {"name": "default", "kind": "gaussian", "ready": True, "error": None, "operations": _OPERATIONS}]}))
+        {"name": "default", "kind": "gaussian", "ready": True, "error": None, "operations": _OPERATIONS, "version": "1",
+         "versions": [{"version": "1", "ready": True, "path": "runs/default"}]}]}))
     models: list[ModelSummary]
 
 
@@ -243,6 +258,7 @@ class AnomalyInfo(BaseModel):
 class ModelDetail(ModelSummary):
     model_config = ConfigDict(json_schema_extra=_examples({
         "name": "default", "kind": "gaussian", "ready": True, "operations": _OPERATIONS, "path": "runs/default",
+        "version": "1", "versions": [{"version": "1", "ready": True, "path": "runs/default"}],
         "input_shape": [1, 28, 28], "latent_features": 2, "likelihood": "bernoulli",
         "preprocessing": {"channels": 1, "height": 28, "width": 28, "resize": "bilinear", "antialias": True,
                           "aspect": "stretched", "scaling": "uint8 / 255 -> [0, 1]",
