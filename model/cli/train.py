@@ -1,4 +1,7 @@
-"""`vae train`: a TrainConfig from flags (every field is one), trained into a run directory."""
+"""`vae train`: a TrainConfig from flags (every field is one), trained into a run directory.
+
+`torchrun --nproc-per-node N -m model train ...` trains the same run in N processes (docs/distributed.md).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     # The training stack imports tqdm, scikit-learn and the data loaders; `vae serve` builds this
     # parser too and runs where only the serving dependencies are installed.
     from model.runs.train import summary, train
+    from model.training.distributed import Processes
 
     out = Path(args.out)
     if args.skip_if_complete and is_complete(out):
@@ -53,5 +57,7 @@ def run(args: argparse.Namespace) -> int:
         config = saved.replace(**overrides)
     else:
         config = TrainConfig.of(**overrides)
-    print(summary(train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)))
+    run_dir = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if Processes.from_environment().is_main:  # under torchrun only rank 0 has the whole run to report
+        print(summary(run_dir))
     return 0

@@ -1,9 +1,15 @@
-"""Evaluation of a trained model: test bounds, active units, the latent classifier and calibration."""
+"""Evaluation of a trained model: test bounds, active units, the latent classifier and calibration.
+
+The image-by-image passes over the test split (`image_passes`: ELBO, L_K, reconstructions, features)
+are what an evaluation spends its time on; under torchrun every process computes them on its shard
+and the sums and per-image values are reduced across the processes (`model.training.distributed`).
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,40 +27,53 @@ from model.data.transforms import labelled
 from model.kinds.registry import get_kind
 from model.core.device import device_of
 from model.core.objectives import bits_per_dim, iwae_bound
+from model.training.distributed import SINGLE, Processes
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 CLASSIFIER_MAX_TRAIN = 10_000  # logistic regression on more images buys little accuracy for its time
 
 
 @torch.no_grad()
-def split_elbo(model: nn.Module, split: Split, kl: str = "sampled", batch_size: int = 1000) -> dict[str, float]:
-    """Mean ELBO, log p(x|z) and KL over a split (nats per image)."""
+def split_elbo(model: nn.Module, split: Split, kl: str = "sampled", batch_size: int = 1000,
+               processes: Processes = SINGLE) -> dict[str, float]:
+    """Mean ELBO, log p(x|z) and KL over a split (nats per image); each of `processes` sums its shard."""
     totals = {"elbo": 0.0, "log_px": 0.0, "kl": 0.0}
     device = device_of(model)
-    for x, _ in eval_batches(split, batch_size):
+    for x, _ in eval_batches(processes.shard(split), batch_size):
         terms = model.elbo_terms(x.to(device), kl=kl)
         totals["elbo"] += terms.elbo.sum().item()
         totals["log_px"] += terms.log_px.sum().item()
         totals["kl"] += terms.kl.sum().item()
+    totals = processes.sum(totals)
     return {k: v / len(split) for k, v in totals.items()}
 
 
 @torch.no_grad()
-def split_iwae(model: nn.Module, split: Split, k: int, batch_size: int = 100, progress: bool = False) -> Tensor:
-    """L_K per image over a split, on the CPU (N,); `progress` shows a bar over the images."""
+def split_iwae(model: nn.Module, split: Split, k: int, batch_size: int = 100, progress: bool = False,
+               processes: Processes = SINGLE) -> Tensor:
+    """L_K per image over a split, on the CPU (N,); `progress` shows a bar over the images.
+
+    Each of `processes` bounds its shard; every process gets all N values, in the split's order.
+    """
     device = device_of(model)
-    out = []
-    with tqdm(total=len(split), desc=f"test L_{k}", unit="img", disable=not progress, leave=False) as bar:
-        for x, _ in eval_batches(split, batch_size):
+    part = processes.shard(split)
+    out = [torch.empty(0)]  # an empty shard still gathers
+    with tqdm(total=len(part), desc=f"test L_{k}", unit="img", disable=not progress, leave=False) as bar:
+        for x, _ in eval_batches(part, batch_size):
             out.append(iwae_bound(model, x.to(device), k).cpu())
             bar.update(x.shape[0])
-    return torch.cat(out)
+    return processes.gather(torch.cat(out))
 
 
 @torch.no_grad()
-def split_features(model: nn.Module, split: Split, batch_size: int = 1000) -> Tensor:
+def split_features(model: nn.Module, split: Split, batch_size: int = 1000, processes: Processes = SINGLE) -> Tensor:
+    """Each image's latent features (N, F), on the CPU; each of `processes` encodes its shard."""
     device = device_of(model)
-    return torch.cat([model.features(x.to(device)).cpu() for x, _ in eval_batches(split, batch_size)])
+    part = processes.shard(split)
+    features = [model.features(x.to(device)).cpu() for x, _ in eval_batches(part, batch_size)]
+    if not features:  # an empty shard: no image, but the features' width for the gather
+        features = [model.features(scale(split.x[:1]).to(device)).cpu()[:0]]
+    return processes.gather(torch.cat(features))
 
 
 def active_units(features: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> dict:
@@ -65,14 +84,43 @@ def active_units(features: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> 
 
 
 @torch.no_grad()
-def reconstruction_errors(model: nn.Module, split: Split, batch_size: int = 1000) -> Tensor:
-    """Mean squared pixel error of the decoder mean at the posterior mean, per image (N,)."""
+def reconstruction_errors(model: nn.Module, split: Split, batch_size: int = 1000,
+                          processes: Processes = SINGLE) -> Tensor:
+    """Mean squared pixel error of the decoder mean at the posterior mean, per image (N,); each of
+    `processes` reconstructs its shard."""
     device = device_of(model)
-    out = []
-    for x, _ in eval_batches(split, batch_size):
+    out = [torch.empty(0)]
+    for x, _ in eval_batches(processes.shard(split), batch_size):
         x = x.to(device)
         out.append((model.reconstruct(x) - x).pow(2).flatten(1).mean(1).cpu())
-    return torch.cat(out)
+    return processes.gather(torch.cat(out))
+
+
+@dataclass(frozen=True)
+class ImagePasses:
+    """What `evaluate` reads from passes over every test image: the costly part of an evaluation."""
+
+    elbo: dict[str, float]  # mean ELBO, log p(x|z) and KL (nats per image)
+    log_px: Tensor  # L_K per image (N,)
+    reconstruction: Tensor  # squared error of the reconstruction per image (N,)
+    features: Tensor  # latent features per image (N, F), for the active units
+    seconds: float
+
+
+def image_passes(model: nn.Module, test: Split, *, k: int, kl: str = "sampled", processes: Processes = SINGLE,
+                 progress: bool = False) -> ImagePasses:
+    """The test split's ELBO, L_K, reconstruction errors and features, with the RNG as it is.
+
+    Each of `processes` computes its shard; every process gets the whole result (seed each process's
+    RNG apart beforehand, or they all draw the same posterior samples for different images).
+    """
+    started = time.perf_counter()
+    model.eval()
+    elbo = split_elbo(model, test, kl, processes=processes)
+    log_px = split_iwae(model, test, k, progress=progress, processes=processes)
+    recon = reconstruction_errors(model, test, processes=processes)
+    features = split_features(model, test, processes=processes)
+    return ImagePasses(elbo, log_px, recon, features, time.perf_counter() - started)
 
 
 def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[LinearSoftmaxClassifier, dict]:
@@ -99,20 +147,22 @@ def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[
 
 def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, kl: str = "sampled",
              seed: int = 0, companions: dict | None = None, dataset: str | None = None,
-             progress: bool = False) -> tuple[dict, LinearSoftmaxClassifier | None, AnomalyCalibration]:
+             progress: bool = False, tested: ImagePasses | None = None,
+             ) -> tuple[dict, LinearSoftmaxClassifier | None, AnomalyCalibration]:
     """Every number of evaluation.json, plus the classifier and calibration it reports on.
 
     `companions` (e.g. the background model) and `dataset` go to `calibrate`; `progress` shows
-    bars for the long parts (the test L_K and the calibration).
+    bars for the long parts (the test L_K and the calibration). `tested`: the test split's
+    `image_passes` when it was computed beforehand (by several processes); its seconds count here.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() - (tested.seconds if tested is not None else 0.0)
     model.eval()
     torch.manual_seed(seed)
     n_pixels = math.prod(model.input_shape)
-    test = split_elbo(model, data.test, kl)
-    log_px = split_iwae(model, data.test, k, progress=progress)
+    if tested is None:
+        tested = image_passes(model, data.test, k=k, kl=kl, progress=progress)
+    test, log_px, recon = tested.elbo, tested.log_px, tested.reconstruction
     iwae = float(log_px.mean())
-    recon = reconstruction_errors(model, data.test)
     per_class = {
         str(int(c)): {"images": int((data.test.y.cpu() == c).sum()),
                       "reconstruction_mse": float(recon[data.test.y.cpu() == c].mean()),
@@ -127,7 +177,7 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
     evaluation = {
         "test": {**test, "images": len(data.test)},
         "iwae": {"k": k, "log_px": iwae, "nll": -iwae, "bits_per_dim": bits_per_dim(iwae, n_pixels)},
-        "active_units": active_units(split_features(model, data.test)),
+        "active_units": active_units(tested.features),
         "reconstruction_mse": float(recon.mean()),
         "per_class": per_class,
         "classifier": classifier_summary,

@@ -4,6 +4,12 @@ Each epoch runs the training loop (model.training.loop), appends to metrics.json
 weights and optimizer state atomically, so an interrupted run continues with `resume=True` from
 its last completed epoch. After the last epoch `model.runs.finish` evaluates the model and writes
 the manifest.
+
+Under torchrun (WORLD_SIZE > 1) the same function trains one run in every process, through
+DistributedDataParallel (`model.training.distributed`): rank 0 alone reads and writes the run
+directory and tells the others what it found (the settings to train, the state to resume); each
+process trains on its shard of every global batch and evaluates its shard of the test split.
+docs/distributed.md has the commands.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from model.config.train import TrainConfig
@@ -22,6 +29,7 @@ from model.core.device import resolve_device
 from model.core.labels import UNLABELLED
 from model.core.schedules import Progress
 from model.data.base import DataBundle
+from model.data.batches import Shard, batches_per_epoch as steps_per_epoch, per_rank_batch_size
 from model.data.loading import load_data
 from model.evaluation.evaluate import split_elbo
 from model.io.atomic import append_jsonl, read_jsonl, write_bytes, write_json
@@ -29,6 +37,10 @@ from model.kinds.registry import build_model, build_objective, get_kind
 from model.runs import checkpoint as ckpt
 from model.runs.errors import TrainingError
 from model.runs.finish import finish
+from model.training.distributed import (
+    PERMUTATION, SINGLE, TRAINING_NOISE, DistributedError, Processes, data_parallel, joined, process_device,
+    stream_seed,
+)
 from model.training.loop import NonFiniteLoss, epoch_batches, fit_epoch
 
 RECORDED = ("input_shape", "class_labels", "class_names", "arch")  # written by `train` from the data, not chosen
@@ -100,23 +112,62 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
     afresh); one that fails later keeps its last epoch, and the error carries a note saying how to
     resume it.
 
+    Under torchrun every process calls this with the same arguments; only rank 0 writes.
+
     Args:
         data: pre-loaded splits (tests and sweeps share them); loaded from `config` if omitted.
     Returns:
         The run directory.
     """
     out = Path(out_dir)
-    created = not out.exists()
-    saved = _check_run_dir(out, config, resume, overwrite)
     try:
-        return _train(saved or config, out, resume=resume, overwrite=overwrite, progress=progress, data=data)
+        processes = Processes.from_environment()
+    except DistributedError as error:
+        raise TrainingError(str(error)) from None
+    if not processes.distributed:
+        return _train_run(config, out, resume=resume, overwrite=overwrite, progress=progress, data=data)
+    try:
+        # Every process refuses on its own (no process waits for another): the batch size is the
+        # global batch, the same in the config of every process (a resumed run may not change it).
+        per_rank_batch_size(config.optim.batch_size, processes.world_size)
+        device = process_device(resolve_device(config.device), processes)
+    except (ValueError, DistributedError) as error:
+        raise TrainingError(str(error)) from None
+    with joined(processes, device):
+        return _train_run(config, out, resume=resume, overwrite=overwrite, progress=progress and processes.is_main,
+                          data=data, processes=processes, device=device)
+
+
+def _train_run(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
+               data: DataBundle | None, processes: Processes = SINGLE, device: torch.device | None = None) -> Path:
+    created = processes.broadcast(not out.exists())  # rank 0's view of the run directory is the run's
+    saved = _on_main(processes, lambda: _check_run_dir(out, config, resume, overwrite))
+    config = processes.broadcast(saved or config)
+    try:
+        return _train(config, out, resume=resume, overwrite=overwrite, progress=progress, data=data,
+                      processes=processes, device=device)
     except BaseException as error:
+        failure = error
+        if processes.distributed and _lost_peer(error):
+            # A process that died closes its connections: the others fail in their next collective.
+            failure = TrainingError(f"process {processes.rank} of {processes.world_size} lost the others: another "
+                                    f"process of the run failed (its own error says why; here: {error})")
         if (out / ckpt.TRAINING_STATE).exists():
-            error.add_note(f"the run in {out} keeps its last completed epoch; continue it with "
-                           f"`vae train --out {out} --resume`")
-        elif not resume:
+            how = ("the same torchrun command with --resume" if processes.distributed else
+                   f"`vae train --out {out} --resume`")
+            failure.add_note(f"the run in {out} keeps its last completed epoch; continue it with {how}")
+        elif not resume and processes.is_main:
             _discard(out, created)
+        if failure is not error:
+            raise failure from error
         raise
+
+
+def _lost_peer(error: BaseException) -> bool:
+    """Whether a collective failed because another process went away (gloo raises a plain
+    RuntimeError naming the closed connection; NCCL and newer backends a DistError)."""
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(word in str(error) for word in ("gloo", "NCCL", "Connection")))
 
 
 def _discard(out: Path, created: bool) -> None:
@@ -128,47 +179,89 @@ def _discard(out: Path, created: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _on_main(processes: Processes, work, share: bool = True):
+    """`work()` on rank 0 alone (it reads the run directory, or loads the data first), then on every
+    rank: its result if `share` (else None but on rank 0), or its error, so that all stop together."""
+    if not processes.distributed:
+        return work()
+    result, failure = None, None
+    if processes.is_main:
+        try:
+            result = work()
+        except (TrainingError, ckpt.CheckpointError, ValueError) as error:  # DataError is a ValueError
+            failure = error
+    shared, message = processes.broadcast((result if share else None, None if failure is None else str(failure)))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise TrainingError(f"rank 0 stopped the run: {message}")
+    return shared if share else result
+
+
+def _load_data(config: TrainConfig, processes: Processes) -> DataBundle:
+    """The run's data; rank 0 first, since loading may download a data set or build a folder's cache."""
+    data = _on_main(processes, lambda: load_data(config), share=False)
+    return data if processes.is_main else load_data(config)
+
+
 def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, progress: bool,
-           data: DataBundle | None) -> Path:
-    try:
-        device = resolve_device(config.device)
-    except ValueError as error:
-        raise TrainingError(str(error)) from None
+           data: DataBundle | None, processes: Processes = SINGLE, device: torch.device | None = None) -> Path:
+    if device is None:
+        try:
+            device = resolve_device(config.device)
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
     torch.manual_seed(config.seed)
-    data = (data or load_data(config)).to(device)
+    data = (data or _load_data(config, processes)).to(device)
     config = _record_data(config, data)
-    if not resume and (out / ckpt.CONFIG).exists():  # --overwrite, checked in _check_run_dir
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / ckpt.CONFIG, config.to_dict())
+    main = processes.is_main  # the one process that writes
+    if main:
+        if not resume and (out / ckpt.CONFIG).exists():  # --overwrite, checked in _check_run_dir
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / ckpt.CONFIG, config.to_dict())
     model = build_model(config).to(device)
     objective = build_objective(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
     start_epoch, step = 0, 0
-    if resume and (out / ckpt.TRAINING_STATE).exists():
-        state = ckpt.load_training_state(out)
+    # Rank 0 reads the state and hands it to the others, so the run directory need only be on its machine.
+    state = _on_main(processes, lambda: ckpt.load_training_state(out) if (out / ckpt.TRAINING_STATE).exists()
+                     else None) if resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-    # Lines past the last saved epoch belong to an epoch whose weights were never saved.
-    history = read_jsonl(out / ckpt.METRICS)[:start_epoch]
-    write_bytes(out / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
-    if start_epoch < config.optim.epochs:
-        (out / ckpt.MANIFEST).unlink(missing_ok=True)  # extending a finished run: no longer complete
+        if not processes.distributed:  # several processes seed each epoch's streams instead (below)
+            torch.set_rng_state(state["rng_cpu"])
+            if device.type == "cuda" and state["rng_cuda"]:
+                torch.cuda.set_rng_state_all(state["rng_cuda"])
+    if main:
+        # Lines past the last saved epoch belong to an epoch whose weights were never saved.
+        history = read_jsonl(out / ckpt.METRICS)[:start_epoch]
+        write_bytes(out / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
+        if start_epoch < config.optim.epochs:
+            (out / ckpt.MANIFEST).unlink(missing_ok=True)  # extending a finished run: no longer complete
 
-    batches_per_epoch = math.ceil(len(data.train) / config.optim.batch_size)
+    parallel = data_parallel(model, objective, device) if processes.distributed else None
+    if processes.distributed:
+        batches_per_epoch = steps_per_epoch(len(data.train), config.optim.batch_size, processes.world_size)
+    else:
+        batches_per_epoch = math.ceil(len(data.train) / config.optim.batch_size)
     with tqdm(total=config.optim.epochs, initial=start_epoch, desc="epochs", unit="epoch", dynamic_ncols=True,
               disable=not progress) as bar:
         for epoch in range(start_epoch, config.optim.epochs):
+            shard = None
+            if processes.distributed:
+                # Streams that depend on the epoch alone, so a resumed epoch draws what it would have:
+                # the permutation is the same on every rank, the noise each rank's own.
+                torch.manual_seed(stream_seed(config.seed, TRAINING_NOISE, epoch, processes.rank))
+                shard = Shard(processes.rank, processes.world_size, stream_seed(config.seed, PERMUTATION, epoch))
             started = time.perf_counter()
             try:
                 step, sums, seen = fit_epoch(model, objective, optimizer,
-                                             epoch_batches(config, data.train, data.binarize), epoch=epoch,
+                                             epoch_batches(config, data.train, data.binarize, shard), epoch=epoch,
                                              step=step, batches_per_epoch=batches_per_epoch,
-                                             grad_clip=config.optim.grad_clip)
+                                             grad_clip=config.optim.grad_clip, parallel=parallel, processes=processes)
             except NonFiniteLoss as error:
                 raise TrainingError(
                     f"{error}; the last completed epoch ({epoch}) is saved. Try a lower --lr, --grad-clip 100, "
@@ -179,7 +272,7 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
                 "epoch": epoch + 1,
                 "step": step,
                 "train": {k: v / seen for k, v in sums.items()},
-                "validation": split_elbo(model, data.validation, config.optim.kl),
+                "validation": split_elbo(model, data.validation, config.optim.kl, processes=processes),
                 **objective.schedule(Progress(epoch=epoch + 1, step=step)),
                 "seconds": round(seconds, 3),
                 "images_per_second": round(seen / seconds, 1),
@@ -187,16 +280,18 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
             # The metrics line first, then the training state (model, optimizer, RNG and epoch in one
             # atomic file), then the weights file. Resume trusts only training_state.pt: a crash after
             # the metrics line leaves an extra line that resume trims, never a missing one.
-            append_jsonl(out / ckpt.METRICS, record)
-            ckpt.save_training_state(out, model, optimizer, epoch + 1, step)
-            ckpt.save_weights(out, model)
+            if main:
+                append_jsonl(out / ckpt.METRICS, record)
+                ckpt.save_training_state(out, model, optimizer, epoch + 1, step)
+                ckpt.save_weights(out, model)
             bar.set_postfix(loss=f"{-record['train']['elbo']:.2f}", val_elbo=f"{record['validation']['elbo']:.2f}",
                             img_s=f"{record['images_per_second']:.0f}")
             bar.update(1)
 
-    if not ckpt.is_complete(out):
-        ckpt.save_weights(out, model)  # the weights file may predate a crash after the last state save
-        finish(model, config, data, out, progress=progress)
+    if not _on_main(processes, lambda: ckpt.is_complete(out)):
+        if main:
+            ckpt.save_weights(out, model)  # the weights file may predate a crash after the last state save
+        finish(model, config, data, out, progress=progress, processes=processes)
     return out
 
 

@@ -2,7 +2,8 @@
 
 `vae train` (model.runs.train) runs it epoch by epoch between its saves; the anomaly scores'
 companion models and the bench's models (`fit`) run it without checkpoints, since they are cheap
-to refit and never resumed.
+to refit and never resumed. Under torchrun every process runs it on its shard of each global batch
+through DistributedDataParallel (model.training.distributed).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from model.core.device import device_of
 from model.core.labels import UNLABELLED
 from model.core.schedules import Progress
 from model.data.base import Split
-from model.data.batches import labelled_batches, training_batches
+from model.data.batches import Shard, labelled_batches, training_batches
 from model.kinds.base import Objective
 from model.data.registry import with_recorded_data
 from model.kinds.registry import build_model, build_objective, get_kind
+from model.training.distributed import SINGLE, Processes
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -32,26 +34,32 @@ class NonFiniteLoss(FloatingPointError):
         self.value, self.epoch, self.step = value, epoch, step
 
 
-def epoch_batches(config: TrainConfig, split: Split, binarize: str) -> Iterable[tuple[Tensor, Tensor]]:
+def epoch_batches(config: TrainConfig, split: Split, binarize: str,
+                  shard: Shard | None = None) -> Iterable[tuple[Tensor, Tensor]]:
     """One epoch of (x, y) batches as the kind trains: with a labelled minibatch every step for a
-    semi-supervised kind (`labelled_batches`), else a random permutation."""
+    semi-supervised kind (`labelled_batches`), else a random permutation; with a `shard`, this
+    process's part of each global batch."""
     draw = labelled_batches if get_kind(config.model.kind).capabilities.semi_supervised else training_batches
-    return draw(split, config.optim.batch_size, binarize)
+    return draw(split, config.optim.batch_size, binarize, shard)
 
 
 def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
               batches: Iterable[tuple[Tensor, Tensor]], *, epoch: int, step: int, batches_per_epoch: int,
               grad_clip: float = 0.0, transform: Callable[[Tensor], Tensor] | None = None,
+              parallel: nn.Module | None = None, processes: Processes = SINGLE,
               ) -> tuple[int, dict[str, float], int]:
     """One pass of optimiser steps; returns (step after it, sums of each diagnostic, images seen).
 
     Args:
         epoch: completed epochs before this one (schedules see epoch + fraction done).
         transform: applied to each batch's images before the objective (e.g. `perturb`).
+        parallel: `model` and `objective` under DistributedDataParallel
+            (`model.training.distributed.data_parallel`), called instead of the objective; the sums
+            and images returned are then those of every process of `processes`.
     Raises:
-        NonFiniteLoss: at the first step whose loss is NaN or infinite (no step is taken).
+        NonFiniteLoss: at the first step whose loss is NaN or infinite on any process (no step is taken).
     """
-    model.train()
+    (model if parallel is None else parallel).train()
     device = device_of(model)
     sums: dict[str, float] = {}
     seen = 0
@@ -59,9 +67,14 @@ def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Opt
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a streamed split's batches
         if transform is not None:
             x = transform(x)
-        loss, diagnostics = objective(model, x, y, Progress(epoch=epoch + i / batches_per_epoch, step=step))
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(loss.item(), epoch + 1, step)
+        progress = Progress(epoch=epoch + i / batches_per_epoch, step=step)
+        if parallel is None:
+            loss, diagnostics = objective(model, x, y, progress)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(loss.item(), epoch + 1, step)
+        else:
+            loss, diagnostics = parallel(x, y, progress)
+            loss = _global_batch_loss(loss, x.shape[0], processes, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -71,7 +84,26 @@ def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Opt
         seen += x.shape[0]
         for key, value in diagnostics.items():
             sums[key] = sums.get(key, 0.0) + value.detach().sum().item()
+    if processes.distributed:
+        total = processes.sum({**sums, "": seen})  # "" is no diagnostic's name
+        seen = int(total.pop(""))
+        sums = total
     return step, sums, seen
+
+
+def _global_batch_loss(loss: Tensor, images: int, processes: Processes, epoch: int, step: int) -> Tensor:
+    """This process's loss, weighted so that the averaged gradient is that of the global batch's mean loss.
+
+    Every rank sees every rank's loss, so all of them stop together at a NaN (no rank is left waiting
+    in a backward the others never start). DistributedDataParallel averages the gradients of
+    `world_size` losses, each the mean of its own images; the last batch of an epoch can divide
+    unevenly, so each is weighted by its share of the images: n_r · W / Σ n (exactly 1 when equal).
+    """
+    seen = processes.stack(torch.stack([loss.detach().float(), loss.new_tensor(float(images))]))  # (W, 2)
+    bad = ~torch.isfinite(seen[:, 0])
+    if bad.any():
+        raise NonFiniteLoss(seen[bad][0, 0].item(), epoch + 1, step)
+    return loss * (images * processes.world_size / seen[:, 1].sum().item())
 
 
 def fit(config: TrainConfig, x: Tensor, *, epochs: int, transform: Callable[[Tensor], Tensor] | None = None,
