@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,3 +282,26 @@ def test_two_processes_reach_the_test_elbo_of_one(killed_and_resumed, tmp_path, 
     for run in (one, two):
         checkpoint = load_checkpoint(run)
         assert checkpoint.calibration is not None and checkpoint.classifier is not None
+
+
+def test_evaluate_under_torchrun_shards_the_test_passes_and_rank_0_alone_writes(killed_and_resumed, tmp_path):
+    """`torchrun -m model evaluate RUN` recomputes the evaluation over both processes' shards: every
+    test image counted once, the bound within the noise of the training run's own evaluation, one
+    summary printed, the manifest rewritten and verifying."""
+    run = tmp_path / "run"
+    shutil.copytree(killed_and_resumed["run"], run)
+    before = json.loads((run / "evaluation.json").read_text())
+    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "model", "evaluate", str(run), "--quiet"],
+                         env={**env, "VAE_DISTRIBUTED_TIMEOUT": "60"}, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("run written to") == 1
+    after = json.loads((run / "evaluation.json").read_text())
+    assert after["test"]["images"] == before["test"]["images"] == 1000
+    # Fresh posterior samples: the ELBO and L_10 move by sampling noise only (a shard evaluated
+    # alone, or counted twice, would move them by far more, or halve the count above).
+    assert abs(after["test"]["elbo"] - before["test"]["elbo"]) < ELBO_TOLERANCE
+    assert abs(after["iwae"]["log_px"] - before["iwae"]["log_px"]) < ELBO_TOLERANCE
+    load_checkpoint(run)  # the new manifest verifies every file
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]

@@ -1,4 +1,8 @@
-"""`vae evaluate RUN_DIR`: recompute evaluation.json (and the calibration) of a run."""
+"""`vae evaluate RUN_DIR`: recompute evaluation.json (and the calibration) of a run.
+
+Under `torchrun --nproc-per-node N -m model evaluate RUN_DIR` the test passes are sharded over the
+N processes and reduced; rank 0 alone writes (as `vae train` under torchrun, docs/distributed.md).
+"""
 
 from __future__ import annotations
 
@@ -25,9 +29,19 @@ def run(args: argparse.Namespace) -> int:
     from model.runs.finish import finish
     from model.runs.train import summary
 
+    from model.training.distributed import DistributedError, Processes, joined, process_device
+
     model, config = load_model(args.run_dir)
-    model.to(resolve_device(config.device if args.device is None else args.device))
+    try:
+        processes = Processes.from_environment()  # one process unless torchrun started several
+        device = process_device(resolve_device(config.device if args.device is None else args.device), processes)
+    except DistributedError as error:
+        raise ValueError(str(error)) from None
+    model.to(device)
     data = load_data(config).to(device_of(model))
-    finish(model, config, data, Path(args.run_dir), k=args.k, progress=not args.quiet)
-    print(summary(args.run_dir))
+    with joined(processes, device):
+        finish(model, config, data, Path(args.run_dir), k=args.k, progress=not args.quiet and processes.is_main,
+               processes=processes)
+    if processes.is_main:
+        print(summary(args.run_dir))
     return 0
