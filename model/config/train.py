@@ -28,6 +28,7 @@ from model.config.base import (
 )
 from model.core.likelihoods import LIKELIHOODS
 from model.core.objectives import KL_MODES
+from model.core.precision import PRECISIONS
 from model.core.preprocess import RESIZE_MODES, Preprocessing
 
 BINARIZE_MODES = ("none", "dynamic", "static")
@@ -262,6 +263,8 @@ class TrainConfig:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     seed: int = setting(0, "seed for initialisation, splits and sampling")
     device: str = setting("auto", "where to train", DEVICES)
+    precision: str = setting("fp32", "fp32, or bf16-mixed: the networks' products in bfloat16 (autocast on CPU "
+                                     "AMX/AVX-512 and CUDA), every log-likelihood and sum in fp32", PRECISIONS)
     eval_k: int = setting(1000, "importance samples for the test IWAE estimate")
 
     def __post_init__(self):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
+from model.core.likelihoods import summed_log_prob
 from model.core.noise import Noise
 from model.core.preprocess import scale
 
@@ -68,7 +69,7 @@ def elbo_terms_from_outputs(x: Tensor, outputs: dict, kl: KLMode = "sampled") ->
     """The ELBO's terms from a model's `forward` outputs (`px`, `pz`, `qz`, `z`); `kl` as in `kl_term`."""
     px, pz, qz, z = outputs["px"], outputs["pz"], outputs["qz"], outputs["z"]
     batch = x.shape[0]
-    log_px = reduce_to(px.log_prob(x.reshape(px.batch_shape + px.event_shape)), 1)
+    log_px = summed_log_prob(px, x.reshape(px.batch_shape + px.event_shape), 1)
     kl_z = kl_term(qz, pz, z, kl, 1)
     assert log_px.shape == kl_z.shape == (batch,), (log_px.shape, kl_z.shape)
     return ElboTerms(log_px=log_px, kl=kl_z)

@@ -27,6 +27,7 @@ from model.data.transforms import labelled
 from model.kinds.registry import get_kind
 from model.core.device import device_of
 from model.core.objectives import bits_per_dim, iwae_bound
+from model.core.precision import autocast
 from model.training.distributed import SINGLE, Processes
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
@@ -108,7 +109,7 @@ class ImagePasses:
 
 
 def image_passes(model: nn.Module, test: Split, *, k: int, kl: str = "sampled", processes: Processes = SINGLE,
-                 progress: bool = False) -> ImagePasses:
+                 progress: bool = False, precision: str = "fp32") -> ImagePasses:
     """The test split's ELBO, L_K, reconstruction errors and features, with the RNG as it is.
 
     Each of `processes` computes its shard; every process gets the whole result (seed each process's
@@ -116,10 +117,11 @@ def image_passes(model: nn.Module, test: Split, *, k: int, kl: str = "sampled", 
     """
     started = time.perf_counter()
     model.eval()
-    elbo = split_elbo(model, test, kl, processes=processes)
-    log_px = split_iwae(model, test, k, progress=progress, processes=processes)
-    recon = reconstruction_errors(model, test, processes=processes)
-    features = split_features(model, test, processes=processes)
+    with autocast(precision, device_of(model)):  # the networks' products; every sum stays fp32
+        elbo = split_elbo(model, test, kl, processes=processes)
+        log_px = split_iwae(model, test, k, progress=progress, processes=processes)
+        recon = reconstruction_errors(model, test, processes=processes)
+        features = split_features(model, test, processes=processes)
     return ImagePasses(elbo, log_px, recon, features, time.perf_counter() - started)
 
 
@@ -147,7 +149,7 @@ def fit_classifiers(model: nn.Module, data: DataBundle, seed: int = 0) -> tuple[
 
 def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, kl: str = "sampled",
              seed: int = 0, companions: dict | None = None, dataset: str | None = None,
-             progress: bool = False, tested: ImagePasses | None = None,
+             progress: bool = False, tested: ImagePasses | None = None, precision: str = "fp32",
              ) -> tuple[dict, LinearSoftmaxClassifier | None, AnomalyCalibration]:
     """Every number of evaluation.json, plus the classifier and calibration it reports on.
 
@@ -160,7 +162,7 @@ def evaluate(model: nn.Module, data: DataBundle, *, k: int, calibration_k: int, 
     torch.manual_seed(seed)
     n_pixels = math.prod(model.input_shape)
     if tested is None:
-        tested = image_passes(model, data.test, k=k, kl=kl, progress=progress)
+        tested = image_passes(model, data.test, k=k, kl=kl, progress=progress, precision=precision)
     test, log_px, recon = tested.elbo, tested.log_px, tested.reconstruction
     iwae = float(log_px.mean())
     per_class = {

@@ -21,7 +21,7 @@ from model.config.train import ModelConfig, OptimConfig
 from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
 from model.core.gumbel import one_hot_sample, relaxed_one_hot
 from model.core.images import check_images
-from model.core.likelihoods import get_likelihood
+from model.core.likelihoods import get_likelihood, summed_log_prob
 from model.core.noise import GLOBAL_NOISE, Noise, rsample
 from model.core.objectives import ElboTerms, check_kl_mode, kl_term, reduce_to
 from model.core.schedules import Progress, exponential_temperature, linear_warmup
@@ -137,7 +137,7 @@ class CategoricalVAE(nn.Module):
         check_kl_mode(kl)
         x = check_images(x, self.input_shape)
         out = self.forward(x, noise, temperature, straight_through)
-        log_px = reduce_to(out["px"].log_prob(x), 1)
+        log_px = summed_log_prob(out["px"], x, 1)
         kl_c = kl_divergence(out["qc"], out["pc"]).sum(-1)  # exact, summed over the N variables
         if out["qz"] is not None:
             kl_c = kl_c + kl_term(out["qz"], out["pz"], out["z"], kl, 1)
@@ -162,7 +162,7 @@ class CategoricalVAE(nn.Module):
             z = rsample(qz, (num_samples,), noise)  # (K, B, G)
             log_w = log_w + reduce_to(pz.log_prob(z) - qz.log_prob(z), 2)
         px = self.observation_model(self._latent(c, z))  # batch shape (K, B, *input_shape)
-        return log_w + reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)
+        return log_w + summed_log_prob(px, x.expand(num_samples, *x.shape), 2)
 
     def pixel_log_px(self, x: Tensor, num_samples: int, noise: Noise | None = None) -> Tensor:
         """log p(x_i|c_k, z_k) of every subpixel i, one-hot c_k and z_k ~ q(·|x): (K, B, *input_shape)."""

@@ -13,7 +13,7 @@ from torch.distributions import Distribution
 from model.config.train import ModelConfig, OptimConfig
 from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
 from model.core.images import check_images
-from model.core.likelihoods import get_likelihood
+from model.core.likelihoods import get_likelihood, summed_log_prob
 from model.core.noise import Noise, rsample
 from model.core.preprocess import scale
 from model.core.objectives import (
@@ -104,7 +104,7 @@ class VariationalAutoencoder(nn.Module):
         qz = self.posterior(x)
         z = rsample(qz, (num_samples,), noise)  # (K, B, D)
         px = self.observation_model(z)  # batch shape (K, B, *input_shape)
-        log_px = reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)  # (K, B)
+        log_px = summed_log_prob(px, x.expand(num_samples, *x.shape), 2)  # (K, B)
         log_pz = reduce_to(self.prior(x.shape[0]).log_prob(z), 2)
         log_qz = reduce_to(qz.log_prob(z), 2)
         return log_px, log_pz, log_qz

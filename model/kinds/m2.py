@@ -22,7 +22,7 @@ from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_g
 from model.core.gumbel import gumbel_noise
 from model.core.images import check_images
 from model.core.labels import UNLABELLED
-from model.core.likelihoods import get_likelihood
+from model.core.likelihoods import get_likelihood, summed_log_prob
 from model.core.noise import GLOBAL_NOISE, Noise, rsample
 from model.core.objectives import ElboTerms, check_kl_mode, kl_term, reduce_to
 from model.core.schedules import Progress
@@ -160,7 +160,7 @@ class SemiSupervisedVAE(nn.Module):
         pz = self.prior(z.shape[:-1])
         px = self.observation_model(z, y_one_hot)
         n = index.dim()
-        log_px = reduce_to(px.log_prob(x.expand(*index.shape[:-1], *x.shape)), n)
+        log_px = summed_log_prob(px, x.expand(*index.shape[:-1], *x.shape), n)
         kl_z = kl_term(qz, pz, z, kl, n)
         return LabelledTerms(log_px=log_px, log_py=self.py().log_prob(index), kl=kl_z)
 
@@ -196,7 +196,7 @@ class SemiSupervisedVAE(nn.Module):
         qz = self.posterior(x, y_one_hot)  # batch (K, B, D)
         z = rsample(qz, (), noise)
         px = self.observation_model(z, y_one_hot)
-        log_px = reduce_to(px.log_prob(x.expand(num_samples, *x.shape)), 2)
+        log_px = summed_log_prob(px, x.expand(num_samples, *x.shape), 2)
         log_pz = reduce_to(self.prior(z.shape[:-1]).log_prob(z), 2)
         log_qz = reduce_to(qz.log_prob(z), 2)
         return log_px + self.py().log_prob(index) + log_pz - qy.log_prob(index) - log_qz

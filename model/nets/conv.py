@@ -109,7 +109,7 @@ class ConvEncoder(nn.Module):
         return self.stages(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).flatten(1))
+        return self.head(self.features(x).flatten(1)).float()  # fp32 out under bf16 autocast (model.nets.mlp)
 
 
 class ConvDecoder(nn.Module):
@@ -145,7 +145,7 @@ class ConvDecoder(nn.Module):
         top, left = self.crop
         _, height, width = self.output_shape
         out = out[..., top:top + height, left:left + width]
-        return out.reshape(*lead, *self.output_shape)
+        return out.reshape(*lead, *self.output_shape).float()  # fp32 out under bf16 autocast
 
 
 class ConditionalConvEncoder(nn.Module):
@@ -163,7 +163,7 @@ class ConditionalConvEncoder(nn.Module):
         self.head = nn.Sequential(activation(act), nn.Linear(width, out_features))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        return self.head(self.x(x) + self.c(c))  # (B, width) + (..., B, width)
+        return self.head(self.x(x) + self.c(c)).float()  # (B, width) + (..., B, width); fp32 out
 
 
 def encoder(config: ModelConfig, input_shape: Sequence[int], out_features: int) -> nn.Module:

@@ -53,7 +53,9 @@ class ShapedMLP(nn.Sequential):
         self.out_shape = tuple(out_shape)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.flatten(-self.in_ndim)).unflatten(-1, self.out_shape)
+        # float(): under bf16 autocast (--precision bf16-mixed) the outputs come back as fp32, so every
+        # distribution built on them computes in fp32 (model.core.precision); a no-op in fp32.
+        return super().forward(x.flatten(-self.in_ndim)).unflatten(-1, self.out_shape).float()
 
 
 class ConditionalMLP(nn.Module):
@@ -72,7 +74,7 @@ class ConditionalMLP(nn.Module):
         self.head = nn.Sequential(activation(act), mlp(hidden[0], hidden[1:], out_features, act))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        return self.head(self.x(x.flatten(-self.in_ndim)) + self.c(c))
+        return self.head(self.x(x.flatten(-self.in_ndim)) + self.c(c)).float()  # fp32 out, as ShapedMLP
 
 
 def encoder(config: ModelConfig, input_shape: Sequence[int], out_features: int) -> nn.Module:

@@ -35,7 +35,7 @@ def finish(model: nn.Module, config: TrainConfig, data: DataBundle, out: Path, k
         # Each process its own posterior samples, the same on a rerun with as many processes.
         torch.manual_seed(stream_seed(config.seed, EVALUATION_NOISE, processes.rank))
         tested = image_passes(model, data.test, k=k, kl=config.optim.kl, processes=processes,
-                              progress=progress and processes.is_main)
+                              progress=progress and processes.is_main, precision=config.precision)
         if not processes.is_main:
             return None
     # Files listed in the manifest are about to change: until the new manifest is written the run
@@ -45,7 +45,8 @@ def finish(model: nn.Module, config: TrainConfig, data: DataBundle, out: Path, k
     ckpt.save_companions(out, companions)
     evaluation, classifier, calibration = evaluate(
         model, data, k=k, calibration_k=config.anomaly.calibration_k, kl=config.optim.kl,
-        seed=config.seed, companions=companions, dataset=config.data.dataset, progress=progress, tested=tested)
+        seed=config.seed, companions=companions, dataset=config.data.dataset, progress=progress, tested=tested,
+        precision=config.precision)
     if classifier is not None:
         ckpt.save_tensors(out / ckpt.CLASSIFIER, classifier.state_tensors())
     write_json(out / ckpt.CALIBRATION, calibration.to_dict())

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from model.config.train import TrainConfig
 from model.core.device import resolve_device
 from model.core.labels import UNLABELLED
+from model.core.precision import autocast
 from model.core.schedules import Progress
 from model.data.base import DataBundle
 from model.data.batches import Shard, batches_per_epoch as steps_per_epoch, per_rank_batch_size
@@ -41,7 +42,7 @@ from model.training.distributed import (
     PERMUTATION, SINGLE, TRAINING_NOISE, DistributedError, Processes, data_parallel, joined, process_device,
     stream_seed,
 )
-from model.training.loop import NonFiniteLoss, epoch_batches, fit_epoch
+from model.training.loop import NonFiniteLoss, adam, epoch_batches, fit_epoch
 
 RECORDED = ("input_shape", "class_labels", "class_names", "arch")  # written by `train` from the data, not chosen
 LOADING_ONLY = ("memory_budget", "data_workers")  # how a folder is read, never what is trained: free on resume
@@ -222,7 +223,7 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
         write_json(out / ckpt.CONFIG, config.to_dict())
     model = build_model(config).to(device)
     objective = build_objective(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
+    optimizer = adam(model, config.optim.lr)
     start_epoch, step = 0, 0
     # Rank 0 reads the state and hands it to the others, so the run directory need only be on its machine.
     state = _on_main(processes, lambda: ckpt.load_training_state(out) if (out / ckpt.TRAINING_STATE).exists()
@@ -261,7 +262,8 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
                 step, sums, seen = fit_epoch(model, objective, optimizer,
                                              epoch_batches(config, data.train, data.binarize, shard), epoch=epoch,
                                              step=step, batches_per_epoch=batches_per_epoch,
-                                             grad_clip=config.optim.grad_clip, parallel=parallel, processes=processes)
+                                             grad_clip=config.optim.grad_clip, parallel=parallel, processes=processes,
+                                             precision=config.precision)
             except NonFiniteLoss as error:
                 raise TrainingError(
                     f"{error}; the last completed epoch ({epoch}) is saved. Try a lower --lr, --grad-clip 100, "
@@ -272,7 +274,7 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
                 "epoch": epoch + 1,
                 "step": step,
                 "train": {k: v / seen for k, v in sums.items()},
-                "validation": split_elbo(model, data.validation, config.optim.kl, processes=processes),
+                "validation": _validation_elbo(model, data, config, processes),
                 **objective.schedule(Progress(epoch=epoch + 1, step=step)),
                 "seconds": round(seconds, 3),
                 "images_per_second": round(seen / seconds, 1),
@@ -293,6 +295,12 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
             ckpt.save_weights(out, model)  # the weights file may predate a crash after the last state save
         finish(model, config, data, out, progress=progress, processes=processes)
     return out
+
+
+def _validation_elbo(model, data: DataBundle, config: TrainConfig, processes: Processes) -> dict[str, float]:
+    """The epoch's validation ELBO, computed in the run's precision as the test bounds will be."""
+    with autocast(config.precision, next(model.parameters()).device):
+        return split_elbo(model, data.validation, config.optim.kl, processes=processes)
 
 
 def summary(run_dir: str | Path) -> str:

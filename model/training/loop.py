@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from model.config.train import TrainConfig
 from model.core.device import device_of
 from model.core.labels import UNLABELLED
+from model.core.precision import autocast
 from model.core.schedules import Progress
 from model.data.base import Split
 from model.data.batches import Shard, labelled_batches, training_batches
@@ -46,13 +47,15 @@ def epoch_batches(config: TrainConfig, split: Split, binarize: str,
 def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
               batches: Iterable[tuple[Tensor, Tensor]], *, epoch: int, step: int, batches_per_epoch: int,
               grad_clip: float = 0.0, transform: Callable[[Tensor], Tensor] | None = None,
-              parallel: nn.Module | None = None, processes: Processes = SINGLE,
+              parallel: nn.Module | None = None, processes: Processes = SINGLE, precision: str = "fp32",
               ) -> tuple[int, dict[str, float], int]:
     """One pass of optimiser steps; returns (step after it, sums of each diagnostic, images seen).
 
     Args:
         epoch: completed epochs before this one (schedules see epoch + fraction done).
         transform: applied to each batch's images before the objective (e.g. `perturb`).
+        precision: "bf16-mixed" runs the forward pass under bf16 autocast (`model.core.precision`);
+            the backward pass follows it, outside autocast as torch recommends.
         parallel: `model` and `objective` under DistributedDataParallel
             (`model.training.distributed.data_parallel`), called instead of the objective; the sums
             and images returned are then those of every process of `processes`.
@@ -69,11 +72,13 @@ def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Opt
             x = transform(x)
         progress = Progress(epoch=epoch + i / batches_per_epoch, step=step)
         if parallel is None:
-            loss, diagnostics = objective(model, x, y, progress)
+            with autocast(precision, device):
+                loss, diagnostics = objective(model, x, y, progress)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(loss.item(), epoch + 1, step)
         else:
-            loss, diagnostics = parallel(x, y, progress)
+            with autocast(precision, device):
+                loss, diagnostics = parallel(x, y, progress)
             loss = _global_batch_loss(loss, x.shape[0], processes, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,6 +94,18 @@ def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Opt
         seen = int(total.pop(""))
         sums = total
     return step, sums, seen
+
+
+def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """The training loop's optimiser: Adam, fused (one kernel over all parameters per step instead of
+    a dozen elementwise passes) where torch has a fused Adam for the parameters' device.
+
+    Fused and for-each Adam compute the same update up to rounding; their state dicts are alike,
+    so a run resumes under either. docs/performance.md measures what fusing buys.
+    """
+    device = next(model.parameters()).device
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def _global_batch_loss(loss: Tensor, images: int, processes: Processes, epoch: int, step: int) -> Tensor:
@@ -118,12 +135,13 @@ def fit(config: TrainConfig, x: Tensor, *, epochs: int, transform: Callable[[Ten
     config = with_recorded_data(config, tuple(x.shape[1:]))  # a config not from a run: the images' own shape
     model = build_model(config).to(x.device)
     objective = build_objective(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=weight_decay)
+    optimizer = adam(model, config.optim.lr, weight_decay)
     split = Split(x, torch.full((x.shape[0],), UNLABELLED, dtype=torch.long, device=x.device))
     batches_per_epoch = math.ceil(x.shape[0] / config.optim.batch_size)
     step = 0
     for epoch in range(epochs):
         step, _, _ = fit_epoch(model, objective, optimizer, training_batches(split, config.optim.batch_size, "none"),
-                               epoch=epoch, step=step, batches_per_epoch=batches_per_epoch, transform=transform)
+                               epoch=epoch, step=step, batches_per_epoch=batches_per_epoch, transform=transform,
+                               precision=config.precision)
     optimizer.zero_grad(set_to_none=True)
     return model.eval()
