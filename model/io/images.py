@@ -23,8 +23,23 @@ GREY_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N", "I")
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+# EXIF orientations that move pixels (ImageOps.exif_transpose's table); 1 is upright, others are invalid.
+TRANSPOSED_ORIENTATIONS = (2, 3, 4, 5, 6, 7, 8)
+EXIF_ORIENTATION = 0x0112
+
+
 class ImageError(ValueError):
     """A file or upload is not an image this tool can read; the message names it and why."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image whose header declares more than the caller's `max_pixels`: refused before its pixels
+    are decoded (a PNG of one colour compresses 1,000 to 1)."""
+
+    def __init__(self, label: str, width: int, height: int, max_pixels: int):
+        self.width, self.height, self.max_pixels = width, height, max_pixels
+        super().__init__(f"{label}: expected an image of at most {max_pixels} pixels, "
+                         f"got {width}×{height} = {width * height}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,15 @@ def _sixteen_bit(image: Image.Image) -> np.ndarray:
     return ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
 
 
+def _pixels(image: Image.Image) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 of an "L" or "RGB" image, writable, in memory of its own."""
+    width, height = image.size
+    shape = (height, width) if image.mode == "L" else (height, width, 3)
+    return np.frombuffer(bytearray(image.tobytes()), dtype=np.uint8).reshape(shape)
+
+
 def _to_array(image: Image.Image) -> tuple[np.ndarray, list[str]]:
-    """(H, W) or (H, W, 3) uint8 from any PIL mode, with notes on what was lost."""
+    """(H, W) or (H, W, 3) uint8, writable, from any PIL mode, with notes on what was lost."""
     notes: list[str] = []
     mode = image.mode
     if mode in SIXTEEN_BIT:
@@ -79,22 +101,55 @@ def _to_array(image: Image.Image) -> tuple[np.ndarray, list[str]]:
         mode = image.mode
     if mode in ("LA", "La", "PA"):
         notes.append("alpha channel dropped")
-        return np.asarray(image.convert("L")), notes
+        return _pixels(image.convert("L")), notes
     if mode in ("RGBA", "RGBa"):
         notes.append("alpha channel dropped")
-        return np.asarray(image.convert("RGB")), notes
-    if mode in ("1", "L"):
-        return np.asarray(image.convert("L")), notes
-    if mode != "RGB":
-        notes.append(f"{mode} converted to RGB")
-    return np.asarray(image.convert("RGB")), notes
+        return _pixels(image.convert("RGB")), notes
+    if mode == "L" or mode == "RGB":  # already there (convert would only copy)
+        return _pixels(image), notes
+    if mode == "1":
+        return _pixels(image.convert("L")), notes
+    notes.append(f"{mode} converted to RGB")
+    return _pixels(image.convert("RGB")), notes
 
 
-def decode_image(source: bytes | str | Path, name: str | None = None) -> Decoded:
+def _size_ignoring_bomb_warning(data: bytes) -> tuple[int, int] | None:
+    """(W, H) from the header of an image PIL warns about as a possible decompression bomb, or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
+        return None
+
+
+def _open(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
+    """The image of `data`, its header read and its pixels not yet decoded, within `max_pixels`."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Over PIL's own guard: the caller's (smaller) limit is the one to name, when the header says.
+        size = _size_ignoring_bomb_warning(data) if max_pixels is not None else None
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise ImageTooLargeError(label, *size, max_pixels) from None
+        raise
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(label, width, height, max_pixels)
+    return image
+
+
+def decode_image(source: bytes | str | Path, name: str | None = None, max_pixels: int | None = None) -> Decoded:
     """Decode an image file (a path) or its bytes into uint8 (C, H, W), or raise `ImageError`.
+
+    The file is opened once: its header is read, its size checked, then its pixels decoded.
 
     Args:
         name: how errors refer to the image (default: the path, or "image").
+        max_pixels: the most width × height accepted; a larger image raises `ImageTooLargeError`
+            from its header, before its pixels take any memory (default: only PIL's
+            decompression-bomb guard, `Image.MAX_IMAGE_PIXELS`).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "image")
     try:
@@ -104,20 +159,22 @@ def decode_image(source: bytes | str | Path, name: str | None = None) -> Decoded
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = _open(data, label, max_pixels)
             image_format = image.format or "unknown"
             frames = getattr(image, "n_frames", 1)
             image.load()  # decodes now: a truncated file fails here, not later
             notes: list[str] = []
             if frames > 1:
                 notes.append(f"first of {frames} frames used")
-            rotated = ImageOps.exif_transpose(image)
-            if rotated is not image:
-                if rotated.size != image.size or image.getexif().get(0x0112, 1) != 1:
-                    notes.append("EXIF orientation applied")
-                image = rotated
+            # exif_transpose copies an image it does not rotate; only call it for one it does. Its
+            # orientation comes from getexif, which also reads a PNG's eXIf chunk and XMP.
+            if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED_ORIENTATIONS:
+                image = ImageOps.exif_transpose(image)
+                notes.append("EXIF orientation applied")
             mode = image.mode
             array, more = _to_array(image)
+    except ImageTooLargeError:
+        raise  # its message names the image already
     except ImageError as error:
         raise ImageError(f"{label}: {error}") from None
     except UnidentifiedImageError:
@@ -128,8 +185,7 @@ def decode_image(source: bytes | str | Path, name: str | None = None) -> Decoded
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"{label}: expected a complete image, got {_describe(data)} that cannot be decoded "
                          f"({error})") from None
-    pixels = torch.from_numpy(np.array(array, dtype=np.uint8, copy=True))  # writable, contiguous
-    pixels = pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1).contiguous()
+    pixels = torch.from_numpy(array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1)))
     return Decoded(pixels, mode, image_format, tuple(notes + more))
 
 

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from model.core.preprocess import Preprocessing, preprocess
-from model.io.images import ImageError, decode_image, encode_png
+from model.core.preprocess import Preprocessing, prepare, scale
+from model.io.images import Decoded, ImageError, ImageTooLargeError, decode_image, encode_png
 from service.core.errors import BadInputError, plural
 
 
@@ -119,39 +116,46 @@ def check_images(array: np.ndarray, input_shape: Sequence[int], field: str = "im
     return array.reshape(array.shape[0], *input_shape)
 
 
-def _check_size(data: bytes, field: str, max_pixels: int) -> None:
-    """Refuse an image too large to decode from its header alone, before its pixels take any memory:
-    a PNG of one colour compresses 1,000 to 1, and PIL's own guard stops only at 89 megapixels,
-    over a gigabyte once resized in float32."""
+def _decoded(data: bytes, field: str, max_pixels: int) -> Decoded:
+    """One encoded image decoded, or a BadInputError naming `field`. An image over `max_pixels` is
+    refused from its header, before its pixels take any memory: a PNG of one colour compresses
+    1,000 to 1, and PIL's own guard stops only at 89 megapixels, over a gigabyte once resized in
+    float32."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
-        return  # not an image this peek can size: decode_image says what is wrong with it
-    if width * height > max_pixels:
+        return decode_image(data, field, max_pixels=max_pixels)
+    except ImageTooLargeError as error:
         raise BadInputError(f"{field}: expected an image of at most {max_pixels} pixels (VAE_MAX_IMAGE_PIXELS), "
-                            f"got {width}×{height} = {width * height}")
-
-
-def decode_file(data: bytes, preprocessing: Preprocessing, field: str,
-                max_pixels: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """One encoded image as training would have seen it: (C, H, W) float32 in [0, 1], the notes
-    (each prefixed with `field`) of what decoding and preprocessing changed, and the decoded uint8
-    pixels before preprocessing."""
-    _check_size(data, field, max_pixels)
-    try:
-        decoded = decode_image(data, field)
+                            f"got {error.width}×{error.height} = {error.width * error.height}") from None
     except ImageError as error:  # its message names the field, what was expected and what arrived
         raise BadInputError(str(error)) from None
-    notes = [*decoded.notes, preprocessing.channel_note(decoded.pixels.shape[0]),
-             preprocessing.resize_note(decoded.size)]
-    return (preprocess(decoded.pixels, preprocessing), [f"{field}: {note}" for note in notes if note],
-            decoded.pixels)
 
 
-def _base64_bytes(item, field: str) -> bytes:
+def preprocess_decoded(decoded: Sequence[Decoded], preprocessing: Preprocessing, field: str) -> Images:
+    """Decoded images as training would have seen them, (B, C, H, W) float32 in [0, 1], with the
+    notes (each naming `field[i]`) of what decoding and preprocessing changed.
+
+    The numbers are those of `preprocess` image by image, computed per batch: images of one decoded
+    (C, H, W) go through `prepare` together (channel conversion and resizing act on each image
+    alone), none when that is already the model's, and `scale` runs once (it is elementwise).
+    """
+    notes = []
+    same_shape: dict[tuple[int, ...], list[int]] = {}  # decoded (C, H, W) -> the images of it
+    for i, image in enumerate(decoded):
+        changes = (*image.notes, preprocessing.channel_note(image.pixels.shape[0]),
+                   preprocessing.resize_note(image.size))
+        notes.extend(f"{field}[{i}]: {note}" for note in changes if note)
+        same_shape.setdefault(tuple(image.pixels.shape), []).append(i)
+    x = torch.empty((len(decoded), *preprocessing.shape), dtype=torch.uint8)  # (B, C, H, W)
+    for shape, members in same_shape.items():
+        group = torch.stack([decoded[i].pixels for i in members])
+        x[members] = group if shape == preprocessing.shape else prepare(group, preprocessing)
+    return Images(scale(x).numpy(), tuple(notes), tuple(image.pixels for image in decoded))
+
+
+def _file_bytes(item, field: str) -> bytes:
+    """An image file's bytes from a base64 string (JSON) or, as they are, from an upload (multipart)."""
+    if isinstance(item, bytes):
+        return item
     if not isinstance(item, str):
         raise BadInputError(f"{field}: expected a base64 string, got {type(item).__name__}")
     if item.startswith("data:"):  # a data URL: data:image/png;base64,....
@@ -164,19 +168,18 @@ def _base64_bytes(item, field: str) -> bytes:
 
 def decode_base64_images(items, preprocessing: Preprocessing, max_images: int, max_pixels: int,
                          field: str = "images_png") -> Images:
-    """Base64-encoded image files (PNG, JPEG, ...) of any size as the model's (B, C, H, W)."""
+    """Image files (PNG, JPEG, ...) of any size as the model's (B, C, H, W).
+
+    Args:
+        items: each a base64 string (as JSON carries files) or the bytes of an uploaded file.
+    """
     if not isinstance(items, list) or not items:
         raise BadInputError(f"{field}: expected a non-empty list of base64-encoded images, got "
                             f"{'an empty list' if isinstance(items, list) else type(items).__name__}")
     check_count(len(items), max_images, field)  # before decoding any
-    pixels, notes, originals = [], [], []
-    for i, item in enumerate(items):
-        x, more, original = decode_file(_base64_bytes(item, f"{field}[{i}]"), preprocessing, f"{field}[{i}]",
-                                        max_pixels)
-        pixels.append(x)
-        notes.extend(more)
-        originals.append(original)
-    return Images(torch.stack(pixels).numpy(), tuple(notes), tuple(originals))
+    names = [f"{field}[{i}]" for i in range(len(items))]
+    decoded = [_decoded(_file_bytes(item, name), name, max_pixels) for item, name in zip(items, names)]
+    return preprocess_decoded(decoded, preprocessing, field)
 
 
 def png_base64(image: np.ndarray | torch.Tensor) -> str:

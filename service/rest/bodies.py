@@ -6,7 +6,6 @@ and `openapi_extra=request_body_doc(XRequest)` so /docs shows both content types
 
 from __future__ import annotations
 
-import base64
 from typing import TypeVar
 
 from fastapi import Request
@@ -22,7 +21,8 @@ Model = TypeVar("Model", bound=BaseModel)
 MAX_FORM_FIELDS = 64
 
 
-async def _read_form(request: Request, max_files: int) -> dict:
+async def _read_form(request: Request, max_files: int) -> tuple[dict, list[bytes]]:
+    """The form's fields, and the bytes of the files uploaded under `images`, in order."""
     try:
         form = await request.form(max_files=max_files, max_fields=MAX_FORM_FIELDS)
     except HTTPException as error:  # Starlette's report of a malformed multipart body
@@ -34,17 +34,14 @@ async def _read_form(request: Request, max_files: int) -> dict:
             if name != "images":
                 raise BadInputError(f"{name}: expected image files under the form field 'images', got a file "
                                     f"under {name!r}")
-            # Uploads join images_png in order, so both are decoded, and named in errors, alike.
-            files.append(base64.b64encode(await value.read()).decode("ascii"))
+            files.append(await value.read())
         elif name in data:
             previous = data[name]
             data[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
         else:
             data[name] = value
-    if files:
-        data["images_png"] = files
     await form.close()
-    return data
+    return data, files
 
 
 def body_of(schema: type[Model]):
@@ -53,10 +50,11 @@ def body_of(schema: type[Model]):
 
     async def parse(request: Request) -> Model:
         media = media_type(request)
+        files: list[bytes] = []
         if media in ("", "application/json") or media.endswith("+json"):
             data = await read_json(request)
         elif media == "multipart/form-data" and accepts_files:
-            data = await _read_form(request, request.app.state.service.settings.max_images)
+            data, files = await _read_form(request, request.app.state.service.settings.max_images)
         else:
             accepted = "application/json" + (" or multipart/form-data" if accepts_files else "")
             hint = " (curl -d sends that; use curl --json, or -H 'content-type: application/json')" \
@@ -64,10 +62,15 @@ def body_of(schema: type[Model]):
             raise UnsupportedMediaTypeError(f"Content-Type: expected {accepted}, got {media}{hint}")
         if not isinstance(data, dict):
             raise BadInputError(f"body: expected a JSON object, got {type(data).__name__}")
+        if files:  # uploads become images_png, so both are decoded, and named in errors, alike
+            data["images_png"] = [""] * len(files)  # placeholders for validation; the bytes go in after it
         try:
-            return schema.model_validate(data)
+            body = schema.model_validate(data)
         except ValidationError as error:
             raise bad_input_from(error) from None
+        # The files' own bytes, not base64 of them (it would only be decoded again, 256 times a request):
+        # `service.http.images.decode_base64_images` takes either.
+        return body.model_copy(update={"images_png": files}) if files else body
 
     return parse
 
