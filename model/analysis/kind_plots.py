@@ -7,6 +7,7 @@
   `plot_category_usage` (mean q(c|x) over the test set).
 - m2: `plot_conditional_generation` (a row per class, a column per style z) and
   `plot_analogies` (test images' styles, redrawn as every class; Kingma et al. 2014, Fig. 1).
+- adgm: the same two as m2 (its p(x|y, z) is M2's; the style is the mean of q(z|ā, ŷ, x)).
 
 Their file names are `model.analysis.plot_names.KIND_PLOT_NAMES`. `MODE_OBSERVATIONS[kind](model, x)`
 is the distribution p(x|·) whose mean the kind's `reconstruct(x)` returns, so the shared
@@ -157,5 +158,8 @@ def m2_mode_observation(model, x: Tensor) -> Distribution:
     return model.observation_model(encoded["mu"], F.one_hot(index, model.num_classes).to(encoded["mu"].dtype))
 
 
-KIND_PLOTS = {"categorical": plot_categorical_run, "m2": plot_m2_run}
-MODE_OBSERVATIONS = {"categorical": categorical_mode_observation, "m2": m2_mode_observation}
+# The ADGM has M2's generative model p(x|y, z) and M2's face (decode(z, y), sample(y=...), encode's ŷ and
+# mean of q(z|·, ŷ)), so M2's plots and mode observation draw it unchanged.
+KIND_PLOTS = {"categorical": plot_categorical_run, "m2": plot_m2_run, "adgm": plot_m2_run}
+MODE_OBSERVATIONS = {"categorical": categorical_mode_observation, "m2": m2_mode_observation,
+                     "adgm": m2_mode_observation}

@@ -5,4 +5,5 @@ where matplotlib is not installed."""
 # Every kind draws the first four; the last three need a Gaussian latent (Capabilities.gaussian_latent).
 GAUSSIAN_PLOTS = ("reconstructions", "latent", "learning_curves", "samples", "interpolations", "manifold", "unit_kl")
 # What `model.analysis.kind_plots.KIND_PLOTS` draws for a kind, after the plots above.
-KIND_PLOT_NAMES = {"categorical": ("category_codes", "category_usage"), "m2": ("conditional_generation", "analogies")}
+KIND_PLOT_NAMES = {"categorical": ("category_codes", "category_usage"), "m2": ("conditional_generation", "analogies"),
+                   "adgm": ("conditional_generation", "analogies")}

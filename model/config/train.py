@@ -154,6 +154,8 @@ class ModelConfig:
     categories: int = setting(10, "categories of each categorical variable")
     gaussian_features: int = setting(0, "Gaussian latent units beside the categorical ones (--kind categorical; "
                                         "0: none)")
+    auxiliary_features: int | None = setting(None, "auxiliary units a of --kind adgm (default: as many as "
+                                                   "--latent-features, as Maaløe et al. 2016)")
 
     def __post_init__(self):
         problems = []
@@ -168,6 +170,8 @@ class ModelConfig:
             problems.append(f"categorical_variables: --kind categorical needs >= 1, got {self.categorical_variables}")
         if self.categories < 2:
             problems.append(f"categories: expected >= 2, got {self.categories}")
+        if self.auxiliary_features is not None and self.auxiliary_features < 1:
+            problems.append(f"auxiliary_features: expected >= 1 (or omitted), got {self.auxiliary_features}")
         if self.mixtures < 1:
             problems.append(f"mixtures: expected >= 1, got {self.mixtures}")
         if not self.conv_channels or any(c < 1 for c in self.conv_channels):
@@ -271,8 +275,9 @@ class TrainConfig:
         problems = check_choices(self)
         if self.eval_k < 1:
             problems.append(f"eval_k: expected >= 1, got {self.eval_k}")
-        if self.model.kind == "m2" and self.optim.objective != "elbo":
-            problems.append(f"objective: --kind m2 trains with 'elbo' (eq. 9), got {self.optim.objective!r}")
+        if self.model.kind in ("m2", "adgm") and self.optim.objective != "elbo":
+            problems.append(f"objective: --kind {self.model.kind} trains with 'elbo' (eq. 9), got "
+                            f"{self.optim.objective!r}")
         if self.model.kind == "categorical" and self.optim.objective != "elbo":
             problems.append(f"objective: --kind categorical trains with 'elbo' (relaxed samples), got "
                             f"{self.optim.objective!r}; its importance-weighted bound is available for evaluation")

@@ -10,7 +10,7 @@ from torch import nn
 
 from model.config.train import TrainConfig
 from model.data.registry import with_recorded_data
-from model.kinds import categorical, gaussian, m2
+from model.kinds import adgm, categorical, gaussian, m2
 from model.kinds.base import Kind, Objective
 from model.nets.registry import get_network
 
@@ -18,6 +18,7 @@ KINDS: dict[str, Kind] = {
     "gaussian": Kind(gaussian.VariationalAutoencoder, gaussian.build, gaussian.GaussianObjective),
     "categorical": Kind(categorical.CategoricalVAE, categorical.build, categorical.CategoricalObjective),
     "m2": Kind(m2.SemiSupervisedVAE, m2.build, m2.M2Objective, evaluate=m2.evaluate_m2),
+    "adgm": Kind(adgm.AuxiliaryDeepGenerativeModel, adgm.build, adgm.ADGMObjective, evaluate=adgm.evaluate_adgm),
 }
 
 
