@@ -113,7 +113,8 @@ def test_the_processes_come_from_torchruns_environment():
 # --- every kind under DistributedDataParallel ------------------------------------------------------
 
 KIND_CASES = [dict(kind="gaussian"), dict(kind="gaussian", objective="iwae", k=3), dict(kind="categorical"),
-              dict(kind="categorical", gaussian_features=2), dict(kind="m2", alpha=1.0)]
+              dict(kind="categorical", gaussian_features=2), dict(kind="m2", alpha=1.0), dict(kind="adgm", alpha=1.0)]
+SEMI_SUPERVISED = ("m2", "adgm")  # a labelled minibatch every step
 
 
 def _ddp_steps(rank: int, world_size: int, port: int) -> None:
@@ -133,7 +134,8 @@ def _ddp_steps(rank: int, world_size: int, port: int) -> None:
     try:
         for case in KIND_CASES:
             config = TrainConfig.of(hidden=(16,), latent_features=2, batch_size=8, grad_clip=1.0, seed=0, **case)
-            y = torch.where(torch.arange(21) < 6, labels, UNLABELLED) if case["kind"] == "m2" else labels
+            semi = case["kind"] in SEMI_SUPERVISED
+            y = torch.where(torch.arange(21) < 6, labels, UNLABELLED) if semi else labels
             torch.manual_seed(0)
             model = build_model(config)
             objective = build_objective(config)
@@ -145,8 +147,7 @@ def _ddp_steps(rank: int, world_size: int, port: int) -> None:
                                          grad_clip=1.0, parallel=parallel, processes=processes)
             # 21 images in global batches of 8, 8 and 5 (the last shared 3 + 2); M2's 15 unlabelled ones in
             # batches of 8 and 7, each joined by 6 labelled ones (3 on each rank).
-            m2 = case["kind"] == "m2"
-            assert (step, seen) == ((2, 15 + 2 * 6) if m2 else (3, 21)), (case, step, seen)
+            assert (step, seen) == ((2, 15 + 2 * 6) if semi else (3, 21)), (case, step, seen)
             assert all(torch.isfinite(torch.tensor(v)) for v in sums.values()), case
             weights = torch.cat([p.detach().flatten() for p in model.parameters()])
             every = processes.stack(weights)
