@@ -21,7 +21,11 @@ from pathlib import Path
 import torch
 
 from model.config.train import TrainConfig
+from model.core.precision import autocast
+from model.data.base import Split
 from model.data.loading import load_data
+from model.evaluation.evaluate import split_iwae
+from model.runs.checkpoint import load_checkpoint
 from model.runs.train import train
 
 PRECISIONS = ("fp32", "bf16-mixed")
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-k", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--same-weights-images", type=int, default=2000,
+                        help="test images for the bound of the fp32 run's weights in both precisions")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -60,6 +66,17 @@ def main(argv: list[str] | None = None) -> int:
             "evaluation_seconds": evaluation["seconds"],
             "test_elbo": evaluation["test"]["elbo"], "test_log_px": evaluation["iwae"]["log_px"],
         }
+    # The bound's own error in bf16, apart from the training trajectory: the fp32 run's weights
+    # evaluated in both precisions on the same images with the same seed.
+    model = load_checkpoint(runs["fp32"]).model
+    test = Split(data.test.x[:args.same_weights_images], data.test.y[:args.same_weights_images])
+    same_weights = {}
+    for precision in PRECISIONS:
+        torch.manual_seed(args.seed)
+        started = time.perf_counter()
+        with autocast(precision, torch.device("cpu")):
+            log_px = split_iwae(model, test, args.eval_k)
+        same_weights[precision] = {"log_px": float(log_px.mean()), "seconds": time.perf_counter() - started}
     fp32, bf16 = rows["fp32"], rows["bf16-mixed"]
     result = {
         "dataset": dataset, "train_images": len(data.train), "epochs": args.epochs, "batch_size": args.batch_size,
@@ -69,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_evaluation": fp32["evaluation_seconds"] / bf16["evaluation_seconds"],
         "elbo_difference": bf16["test_elbo"] - fp32["test_elbo"],
         "log_px_difference": bf16["test_log_px"] - fp32["test_log_px"],
+        "same_weights": {"images": len(test), "k": args.eval_k, **same_weights,
+                         "log_px_difference": same_weights["bf16-mixed"]["log_px"] - same_weights["fp32"]["log_px"],
+                         "speedup": same_weights["fp32"]["seconds"] / same_weights["bf16-mixed"]["seconds"]},
         "command": "python benchmarks/precision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -81,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bf16-mixed / fp32: training {result['speedup_training']:.2f}x (target >= 2), evaluation "
           f"{result['speedup_evaluation']:.2f}x; ELBO {result['elbo_difference']:+.2f} nats (target within 0.3), "
           f"L_K {result['log_px_difference']:+.2f} nats (target within 0.1)")
+    sw = result["same_weights"]
+    print(f"the fp32 run's weights, L_{args.eval_k} of {len(test):,} test images in each precision: fp32 "
+          f"{sw['fp32']['log_px']:.2f}, bf16-mixed {sw['bf16-mixed']['log_px']:.2f} ({sw['log_px_difference']:+.2f} "
+          f"nats), {sw['speedup']:.2f}x faster")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
