@@ -214,3 +214,20 @@ def requested_urls(chrome):
         return urls
 
     return read
+
+
+def mean_noise():
+    """Deterministic 'noise' for the `model.core.noise.Noise` interface: every Gaussian draw is its mean
+    and every uniform one 1/2, so a bound from it has no sampling error (the M2 and ADGM tests)."""
+    import torch
+
+    from model.core.noise import Noise
+
+    class MeanNoise(Noise):
+        def normal(self, sample_shape, batch_size, event_shape, *, device, dtype=torch.float32):
+            return torch.zeros((*sample_shape, batch_size, *event_shape), device=device, dtype=dtype)
+
+        def uniform(self, sample_shape, batch_size, event_shape, *, device, dtype=torch.float32):
+            return torch.full((*sample_shape, batch_size, *event_shape), 0.5, device=device, dtype=dtype)
+
+    return MeanNoise()

@@ -7,20 +7,11 @@ from model import iwae_bound, load_checkpoint
 from model.cli.main import main
 from model.config.train import ConfigError, TrainConfig
 from model.core.labels import UNLABELLED
-from model.core.noise import Noise, RowwiseNoise, rsample
+from model.core.noise import RowwiseNoise, rsample
 from model.kinds.adgm import AuxiliaryDeepGenerativeModel, adgm_loss
 from model.kinds.base import LatentModel
 from model.runs.checkpoint import CALIBRATION, CLASSIFIER, CONFIG, EVALUATION, MANIFEST, METRICS, WEIGHTS
-
-
-class MeanNoise(Noise):
-    """Deterministic 'noise': a and z are their posterior means, so the bounds have no sampling error."""
-
-    def normal(self, sample_shape, batch_size, event_shape, *, device, dtype=torch.float32):
-        return torch.zeros((*sample_shape, batch_size, *event_shape), device=device, dtype=dtype)
-
-    def uniform(self, sample_shape, batch_size, event_shape, *, device, dtype=torch.float32):
-        return torch.full((*sample_shape, batch_size, *event_shape), 0.5, device=device, dtype=dtype)
+from conftest import mean_noise
 
 
 @pytest.fixture
@@ -41,7 +32,7 @@ def small():
 @pytest.mark.parametrize("kl", ["sampled", "analytic"])
 def test_unlabelled_bound_is_the_q_weighted_sum_of_labelled_bounds_plus_entropy(model, kl):
     x = torch.rand(7, 1, 28, 28)
-    noise = MeanNoise()
+    noise = mean_noise()
     qa = model.auxiliary_posterior(x)
     a = rsample(qa, (), noise)  # the mean of q(a|x)
     unlabelled = model.unlabelled_terms(x, a, kl, noise).elbo
@@ -57,7 +48,7 @@ def test_unlabelled_bound_is_the_q_weighted_sum_of_labelled_bounds_plus_entropy(
 
 def test_labelled_bound_holds_every_term_of_eq_6(model):
     x = torch.rand(3, 1, 28, 28)
-    noise = MeanNoise()
+    noise = mean_noise()
     qa = model.auxiliary_posterior(x)
     a = qa.mu
     index = torch.tensor([0, 4, 9])
@@ -74,7 +65,7 @@ def test_labelled_bound_holds_every_term_of_eq_6(model):
 def test_loss_weighs_labelled_and_unlabelled_examples_as_eq_9(model):
     x = torch.rand(6, 1, 28, 28)
     y = torch.tensor([2, UNLABELLED, 5, UNLABELLED, UNLABELLED, 9])
-    noise, alpha = MeanNoise(), 7.0
+    noise, alpha = mean_noise(), 7.0
     loss, diagnostics = adgm_loss(model, x, y, alpha, "analytic", noise)
     known = y != UNLABELLED
     a = model.auxiliary_posterior(x).mu

@@ -12,22 +12,13 @@ from model.data.base import DataError, Split
 from model.data.transforms import hide_labels, labelled
 from model.data.loading import load_data
 from model.kinds.m2 import SemiSupervisedVAE, m2_loss
-from model.core.noise import Noise, RowwiseNoise
+from model.core.noise import RowwiseNoise
 from model.runs.train import train
+from conftest import mean_noise
 from model.kinds.base import LatentModel
 
 TINY = dict(kind="m2", labels=50, latent_features=2, hidden=(32,), epochs=2, batch_size=128, train_subset=600,
             eval_k=10, calibration_k=5, seed=5)
-
-
-class MeanNoise(Noise):
-    """Deterministic 'noise': z is the posterior mean, so L(x, y) has no sampling error."""
-
-    def normal(self, sample_shape, batch_size, event_shape, *, device, dtype=torch.float32):
-        return torch.zeros((*sample_shape, batch_size, *event_shape), device=device, dtype=dtype)
-
-    def uniform(self, sample_shape, batch_size, event_shape, *, device, dtype=torch.float32):
-        return torch.full((*sample_shape, batch_size, *event_shape), 0.5, device=device, dtype=dtype)
 
 
 @pytest.fixture
@@ -39,7 +30,7 @@ def model():
 @pytest.mark.parametrize("kl", ["sampled", "analytic"])
 def test_unlabelled_bound_is_the_q_weighted_sum_of_labelled_bounds_plus_entropy(model, kl):
     x = torch.rand(7, 1, 28, 28)
-    noise = MeanNoise()
+    noise = mean_noise()
     unlabelled = model.unlabelled_terms(x, kl, noise).elbo
     qy = model.qy(x)
     labelled_bounds = torch.stack([
@@ -62,7 +53,7 @@ def test_q_y_given_x_is_a_distribution_over_the_configured_classes():
 def test_loss_weighs_labelled_and_unlabelled_examples_as_eq_9(model):
     x = torch.rand(6, 1, 28, 28)
     y = torch.tensor([2, UNLABELLED, 5, UNLABELLED, UNLABELLED, 9])
-    noise = MeanNoise()
+    noise = mean_noise()
     alpha = 7.0
     loss, diagnostics = m2_loss(model, x, y, alpha, "analytic", noise)
     known = y != UNLABELLED

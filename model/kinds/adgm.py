@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, kl_divergence
 
-from model.config.train import ModelConfig, OptimConfig
+from model.config.train import ModelConfig
 from model.core.distributions import ReparameterizedDiagonalGaussian, diagonal_gaussian
 from model.core.gumbel import gumbel_noise
 from model.core.images import check_images
@@ -26,9 +25,8 @@ from model.core.labels import UNLABELLED
 from model.core.likelihoods import get_likelihood, summed_log_prob
 from model.core.noise import GLOBAL_NOISE, Noise, rsample
 from model.core.objectives import ElboTerms, check_kl_mode, kl_term, reduce_to
-from model.core.schedules import Progress
 from model.kinds.base import Capabilities
-from model.kinds.m2 import evaluate_m2
+from model.kinds.m2 import ClassLabels, LabelledObjective, evaluate_m2
 from model.nets.base import Network
 from model.nets.registry import NETWORKS
 
@@ -62,7 +60,7 @@ class LabelledTerms:
         return self.log_px + self.log_py - self.kl
 
 
-class AuxiliaryDeepGenerativeModel(nn.Module):
+class AuxiliaryDeepGenerativeModel(ClassLabels, nn.Module):
     """ADGM: M2's generative model of images and classes, extended by an auxiliary a.
 
     Generative model:  y ~ p(y) = Cat(1/C),  z ~ p(z) = N(0, I_D),
@@ -120,20 +118,6 @@ class AuxiliaryDeepGenerativeModel(nn.Module):
         self.register_buffer("prior_params", torch.zeros(1, 2 * d))
         eps = torch.randn(CLASSIFY_SAMPLES, 1, a, generator=torch.Generator().manual_seed(_CLASSIFY_SEED))
         self.register_buffer("classify_eps", eps, persistent=False)  # (S, 1, A), not saved: derived
-
-    # --- labels -------------------------------------------------------------------------------
-
-    def class_index(self, y: Tensor | int) -> Tensor:
-        """Indices into `class_labels` of labels `y`, or an error naming the labels the model knows."""
-        y = torch.as_tensor(y, device=self.class_labels.device).long()
-        match = y.unsqueeze(-1) == self.class_labels  # (..., C)
-        if not bool(match.any(-1).all()):
-            unknown = sorted(set(y[~match.any(-1)].tolist()))
-            raise ValueError(f"expected class labels in {self.class_labels.tolist()}, got {unknown}")
-        return match.float().argmax(-1)
-
-    def _one_hot(self, index: Tensor) -> Tensor:
-        return F.one_hot(index, self.num_classes).to(self.prior_params.dtype)
 
     def _every_class(self, shape: Sequence[int], device) -> Tensor:
         """Class indices (C, *shape): row c is all c."""
@@ -343,21 +327,15 @@ class AuxiliaryDeepGenerativeModel(nn.Module):
                 "classify": f"E_q(a|x)[q(y|a,x)], mean over {CLASSIFY_SAMPLES} fixed draws of a"}
 
 
-class ADGMObjective:
+class ADGMObjective(LabelledObjective):
     """Maaløe et al. (2016), eq. 9, per batch: labelled images give −L(x, y) + α·(−log q(y|a, x)),
     unlabelled ones (label `UNLABELLED`) give −U(x), one a ~ q(a|x) each; the loss is the batch mean."""
 
-    def __init__(self, config: OptimConfig):
-        if config.objective != "elbo":
-            raise ValueError(f"objective: --kind adgm trains with 'elbo' (eq. 9), got {config.objective!r}")
-        self.alpha = config.alpha
-        self.kl = config.kl
+    kind = "adgm"
 
-    def schedule(self, progress: Progress) -> dict[str, float]:
-        return {"alpha": self.alpha}
-
-    def __call__(self, model: AuxiliaryDeepGenerativeModel, x: Tensor, y: Tensor, progress: Progress):
-        return adgm_loss(model, x, y, self.alpha, self.kl)
+    @staticmethod
+    def loss(model: nn.Module, x: Tensor, y: Tensor, alpha: float, kl: str):
+        return adgm_loss(model, x, y, alpha, kl)
 
 
 def adgm_loss(model: AuxiliaryDeepGenerativeModel, x: Tensor, y: Tensor, alpha: float, kl: str = "sampled",

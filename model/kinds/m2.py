@@ -47,7 +47,24 @@ class LabelledTerms:
         return self.log_px + self.log_py - self.kl
 
 
-class SemiSupervisedVAE(nn.Module):
+class ClassLabels:
+    """Labels to indices and one-hot codes, for a kind with a `class_labels` buffer (C,), `num_classes`
+    and a `prior_params` buffer (whose dtype the codes take): M2 and the ADGM."""
+
+    def class_index(self, y: Tensor | int) -> Tensor:
+        """Indices into `class_labels` of labels `y`, or an error naming the labels the model knows."""
+        y = torch.as_tensor(y, device=self.class_labels.device).long()
+        match = y.unsqueeze(-1) == self.class_labels  # (..., C)
+        if not bool(match.any(-1).all()):
+            unknown = sorted(set(y[~match.any(-1)].tolist()))
+            raise ValueError(f"expected class labels in {self.class_labels.tolist()}, got {unknown}")
+        return match.float().argmax(-1)
+
+    def _one_hot(self, index: Tensor) -> Tensor:
+        return F.one_hot(index, self.num_classes).to(self.prior_params.dtype)
+
+
+class SemiSupervisedVAE(ClassLabels, nn.Module):
     """M2: a generative model of images and their classes that learns from few labels.
 
     Generative model:  y ~ p(y) = Cat(1/C),  z ~ p(z) = N(0, I),
@@ -95,20 +112,6 @@ class SemiSupervisedVAE(nn.Module):
         self.register_buffer("prior_y_logits", torch.zeros(self.num_classes))
         self.register_buffer("prior_params", torch.zeros(1, 2 * self.latent_features))
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
-
-    # --- labels -------------------------------------------------------------------------------
-
-    def class_index(self, y: Tensor | int) -> Tensor:
-        """Indices into `class_labels` of labels `y`, or an error naming the labels the model knows."""
-        y = torch.as_tensor(y, device=self.class_labels.device).long()
-        match = y.unsqueeze(-1) == self.class_labels  # (..., C)
-        if not bool(match.any(-1).all()):
-            unknown = sorted(set(y[~match.any(-1)].tolist()))
-            raise ValueError(f"expected class labels in {self.class_labels.tolist()}, got {unknown}")
-        return match.float().argmax(-1)
-
-    def _one_hot(self, index: Tensor) -> Tensor:
-        return F.one_hot(index, self.num_classes).to(self.prior_params.dtype)
 
     # --- distributions ------------------------------------------------------------------------
 
@@ -273,21 +276,32 @@ class SemiSupervisedVAE(nn.Module):
                 "classify": "q(y|x)"}
 
 
-class M2Objective:
+class LabelledObjective:
     """Kingma et al. (2014), eq. 9, per batch: labelled images give −L(x, y) + α·(−log q(y|x)),
-    unlabelled ones (label `model.data.loading.UNLABELLED`) give −U(x); the loss is the batch mean."""
+    unlabelled ones (label `model.core.labels.UNLABELLED`) give −U(x); the loss is the batch mean.
+
+    The objective of every semi-supervised kind: `loss` is the kind's (model, x, y, α, kl) →
+    (loss, diagnostics), e.g. `m2_loss`, or the ADGM's (`model.kinds.adgm.adgm_loss`).
+    """
+
+    kind = "m2"
 
     def __init__(self, config: OptimConfig):
         if config.objective != "elbo":
-            raise ValueError(f"objective: --kind m2 trains with 'elbo' (eq. 9), got {config.objective!r}")
+            raise ValueError(f"objective: --kind {self.kind} trains with 'elbo' (eq. 9), got {config.objective!r}")
         self.alpha = config.alpha
         self.kl = config.kl
+
+    @staticmethod
+    def loss(model: nn.Module, x: Tensor, y: Tensor, alpha: float, kl: str):
+        return m2_loss(model, x, y, alpha, kl)
 
     def schedule(self, progress: Progress) -> dict[str, float]:
         return {"alpha": self.alpha}
 
-    def __call__(self, model: SemiSupervisedVAE, x: Tensor, y: Tensor, progress: Progress):
-        return m2_loss(model, x, y, self.alpha, self.kl)
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: Progress):
+        return self.loss(model, x, y, self.alpha, self.kl)
+
 
 
 def m2_loss(model: SemiSupervisedVAE, x: Tensor, y: Tensor, alpha: float, kl: str = "sampled",

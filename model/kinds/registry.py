@@ -17,7 +17,7 @@ from model.nets.registry import get_network
 KINDS: dict[str, Kind] = {
     "gaussian": Kind(gaussian.VariationalAutoencoder, gaussian.build, gaussian.GaussianObjective),
     "categorical": Kind(categorical.CategoricalVAE, categorical.build, categorical.CategoricalObjective),
-    "m2": Kind(m2.SemiSupervisedVAE, m2.build, m2.M2Objective, evaluate=m2.evaluate_m2),
+    "m2": Kind(m2.SemiSupervisedVAE, m2.build, m2.LabelledObjective, evaluate=m2.evaluate_m2),
     "adgm": Kind(adgm.AuxiliaryDeepGenerativeModel, adgm.build, adgm.ADGMObjective, evaluate=adgm.evaluate_adgm),
 }
 
