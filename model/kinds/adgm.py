@@ -289,17 +289,7 @@ class AuxiliaryDeepGenerativeModel(ClassLabels, nn.Module):
         """Means of p(x|y, z) per pixel (N, *input_shape) for styles z (N, D) and labels y (N,) or one label.
 
         a is not needed: it is generated from x, never x from it."""
-        if z.dim() != 2 or z.shape[1] != self.latent_features:
-            raise ValueError(f"expected latents of shape (N, {self.latent_features}), got {tuple(z.shape)}")
-        if y is None:
-            raise ValueError(f"adgm decodes a style z together with a class: pass y, labels in "
-                             f"{self.class_labels.tolist()}")
-        index = self.class_index(y)
-        if index.dim() == 0:
-            index = index.expand(z.shape[0])
-        if index.shape != (z.shape[0],):
-            raise ValueError(f"expected one label or {z.shape[0]} labels (one per latent), got shape {tuple(index.shape)}")
-        return self.observation_model(z, self._one_hot(index)).mean
+        return self.observation_model(z, self._one_hot(self.decode_index(z, y))).mean
 
     def sample(self, n: int, noise: Noise | None = None, y: Tensor | int | None = None) -> dict[str, Tensor]:
         """n samples: styles `z` (n, D) ~ p(z), labels `y` (n,) (given, or drawn from p(y)), decoded `probs`."""

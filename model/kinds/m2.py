@@ -63,6 +63,20 @@ class ClassLabels:
     def _one_hot(self, index: Tensor) -> Tensor:
         return F.one_hot(index, self.num_classes).to(self.prior_params.dtype)
 
+    def decode_index(self, z: Tensor, y: Tensor | int | None) -> Tensor:
+        """The class index of each of the styles z (N, D) that `decode(z, y)` is given, y one label or N."""
+        if z.dim() != 2 or z.shape[1] != self.latent_features:
+            raise ValueError(f"expected latents of shape (N, {self.latent_features}), got {tuple(z.shape)}")
+        if y is None:
+            raise ValueError(f"{self.kind} decodes a style z together with a class: pass y, labels in "
+                             f"{self.class_labels.tolist()}")
+        index = self.class_index(y)
+        if index.dim() == 0:
+            index = index.expand(z.shape[0])
+        if index.shape != (z.shape[0],):
+            raise ValueError(f"expected one label or {z.shape[0]} labels (one per latent), got shape {tuple(index.shape)}")
+        return index
+
 
 class SemiSupervisedVAE(ClassLabels, nn.Module):
     """M2: a generative model of images and their classes that learns from few labels.
@@ -240,16 +254,7 @@ class SemiSupervisedVAE(ClassLabels, nn.Module):
 
     def decode(self, z: Tensor, y: Tensor | int | None = None) -> Tensor:
         """Means of p(x|y, z) per pixel (N, *input_shape) for styles z (N, D) and labels y (N,) or one label."""
-        if z.dim() != 2 or z.shape[1] != self.latent_features:
-            raise ValueError(f"expected latents of shape (N, {self.latent_features}), got {tuple(z.shape)}")
-        if y is None:
-            raise ValueError(f"m2 decodes a style z together with a class: pass y, labels in {self.class_labels.tolist()}")
-        index = self.class_index(y)
-        if index.dim() == 0:
-            index = index.expand(z.shape[0])
-        if index.shape != (z.shape[0],):
-            raise ValueError(f"expected one label or {z.shape[0]} labels (one per latent), got shape {tuple(index.shape)}")
-        return self.observation_model(z, self._one_hot(index)).mean
+        return self.observation_model(z, self._one_hot(self.decode_index(z, y))).mean
 
     def sample(self, n: int, noise: Noise | None = None, y: Tensor | int | None = None) -> dict[str, Tensor]:
         """n samples: styles `z` (n, D) ~ p(z), labels `y` (n,) (given, or drawn from p(y)), decoded `probs`."""
