@@ -33,6 +33,7 @@ from model.core.preprocess import RESIZE_MODES, Preprocessing
 
 BINARIZE_MODES = ("none", "dynamic", "static")
 OBJECTIVES = ("elbo", "iwae")
+LR_SCHEDULES = ("constant", "burda")
 DEVICES = ("auto", "cpu", "cuda")
 FOLDER_DATASETS = ("folder",)  # data sets of a user's own images: their runs default to --arch conv
 TITLE = "invalid training config"
@@ -72,6 +73,9 @@ class DataConfig:
                                     "draw per pass; static: one seeded draw", BINARIZE_MODES)
     validation_fraction: float = setting(0.1, "fraction of the training images held out for validation and "
                                               "calibration")
+    train_on_validation: bool = setting(False, "train on the validation images too (all 60,000 MNIST training "
+                                               "images, as Burda et al. 2015); the validation bound is then "
+                                               "not held out")
     train_subset: int | None = setting(None, "use at most this many training images (after the class filter; "
                                              "default: all)")
     labels: int | None = setting(None, "keep this many training labels, balanced across classes and chosen with "
@@ -194,6 +198,10 @@ class OptimConfig:
     epochs: int = setting(100, "training epochs")
     batch_size: int = setting(64, "images per step")
     lr: float = setting(1e-3, "Adam learning rate")
+    lr_schedule: str = setting("constant", "constant: --lr throughout; burda: --lr * 10^(-i/7) during stage i "
+                                           "of 3^i epochs, i = 0, 1, ... (Burda et al. 2015; the last stage's "
+                                           "rate after 3,280 epochs)", LR_SCHEDULES)
+    adam_eps: float = setting(1e-8, "Adam's epsilon (torch's default; Burda et al. 2015 use 1e-4)")
     grad_clip: float = setting(0.0, "clip the gradient norm to this (0: off)")
     temperature: float = setting(1.0, "Gumbel-softmax temperature at step 0; "
                                       "tau(step) = max(temperature-min, temperature * exp(-rate * step))")
@@ -223,6 +231,8 @@ class OptimConfig:
             problems.append(f"beta: expected >= 0, got {self.beta}")
         if self.lr <= 0:
             problems.append(f"lr: expected > 0, got {self.lr}")
+        if self.adam_eps <= 0:
+            problems.append(f"adam_eps: expected > 0, got {self.adam_eps}")
         if not 0 < self.temperature_min <= self.temperature:
             problems.append("temperature, temperature_min: expected 0 < temperature_min <= temperature, got "
                             f"{self.temperature}, {self.temperature_min}")

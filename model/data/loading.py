@@ -101,7 +101,9 @@ def load_data(config: TrainConfig) -> DataBundle:
             raise DataError(f"{data.dataset}: {len(train_y)} training images; expected at least 2, one for "
                             "training and one for validation")
         validation = Split(train_x[order[:n_val]], train_y[order[:n_val]])
-        rest = order[n_val:]
+        # train_on_validation: every training image is trained on (Burda et al. 2015 train on all
+        # 60,000 MNIST images); the validation images are then a seeded sample of them, in the same order.
+        rest = order if data.train_on_validation else order[n_val:]
         if data.train_subset is not None:
             rest = rest[: data.train_subset]
         train = Split(train_x[rest], train_y[rest])

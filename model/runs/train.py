@@ -42,7 +42,7 @@ from model.training.distributed import (
     PERMUTATION, SINGLE, TRAINING_NOISE, DistributedError, Processes, data_parallel, joined, process_device,
     stream_seed,
 )
-from model.training.loop import NonFiniteLoss, adam, epoch_batches, fit_epoch
+from model.training.loop import NonFiniteLoss, adam, epoch_batches, fit_epoch, set_learning_rate
 
 RECORDED = ("input_shape", "class_labels", "class_names", "arch")  # written by `train` from the data, not chosen
 LOADING_ONLY = ("memory_budget", "data_workers")  # how a folder is read, never what is trained: free on resume
@@ -223,7 +223,7 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
         write_json(out / ckpt.CONFIG, config.to_dict())
     model = build_model(config).to(device)
     objective = build_objective(config)
-    optimizer = adam(model, config.optim.lr)
+    optimizer = adam(model, config.optim.lr, eps=config.optim.adam_eps)
     start_epoch, step = 0, 0
     # Rank 0 reads the state and hands it to the others, so the run directory need only be on its machine.
     state = _on_main(processes, lambda: ckpt.load_training_state(out) if (out / ckpt.TRAINING_STATE).exists()
@@ -257,6 +257,7 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
                 # the permutation is the same on every rank, the noise each rank's own.
                 torch.manual_seed(stream_seed(config.seed, TRAINING_NOISE, epoch, processes.rank))
                 shard = Shard(processes.rank, processes.world_size, stream_seed(config.seed, PERMUTATION, epoch))
+            lr = set_learning_rate(optimizer, config, epoch)  # after a resume's optimizer state, which holds one
             started = time.perf_counter()
             try:
                 step, sums, seen = fit_epoch(model, objective, optimizer,
@@ -276,6 +277,7 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
                 "train": {k: v / seen for k, v in sums.items()},
                 "validation": _validation_elbo(model, data, config, processes),
                 **objective.schedule(Progress(epoch=epoch + 1, step=step)),
+                "lr": lr,
                 "seconds": round(seconds, 3),
                 "images_per_second": round(seen / seconds, 1),
             }

@@ -96,7 +96,7 @@ def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Opt
     return step, sums, seen
 
 
-def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+def adam(model: nn.Module, lr: float, weight_decay: float = 0.0, eps: float = 1e-8) -> torch.optim.Adam:
     """The training loop's optimiser: Adam, fused (one kernel over all parameters per step instead of
     a dozen elementwise passes) where torch has a fused Adam for the parameters' device.
 
@@ -105,7 +105,42 @@ def adam(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.
     """
     device = next(model.parameters()).device
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, eps=eps, fused=fused or None)
+
+
+BURDA_STAGES = 8  # Burda et al. (2015), section 5: stages i = 0 ... 7, 3,280 epochs in all
+
+
+def burda_stage_epochs(stage: int) -> int:
+    """Epochs of stage `stage` (0-based) of Burda et al.'s schedule: 3^i."""
+    return 3 ** stage
+
+
+def burda_epochs(stages: int) -> int:
+    """Epochs of the first `stages` stages: 1 + 3 + ... + 3^(stages-1) = (3^stages - 1) / 2."""
+    return (3 ** stages - 1) // 2
+
+
+def burda_stage(epoch: int) -> int:
+    """The stage (0-based) that epoch `epoch` (0-based, completed epochs before it) belongs to; epochs
+    past the last stage stay in it."""
+    stage = 0
+    while stage < BURDA_STAGES - 1 and epoch >= burda_epochs(stage + 1):
+        stage += 1
+    return stage
+
+
+def learning_rate(lr: float, schedule: str, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (0-based): a function of the epoch alone, so a resumed run
+    steps at the rate it would have.
+
+    burda: lr · 10^(−i/7) in stage i (Burda et al. 2015, section 5, with lr = 0.001).
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "burda":
+        return lr * 10 ** (-burda_stage(epoch) / 7)
+    raise ValueError(f"lr_schedule: expected one of ['constant', 'burda'], got {schedule!r}")
 
 
 def _global_batch_loss(loss: Tensor, images: int, processes: Processes, epoch: int, step: int) -> Tensor:
@@ -135,13 +170,23 @@ def fit(config: TrainConfig, x: Tensor, *, epochs: int, transform: Callable[[Ten
     config = with_recorded_data(config, tuple(x.shape[1:]))  # a config not from a run: the images' own shape
     model = build_model(config).to(x.device)
     objective = build_objective(config)
-    optimizer = adam(model, config.optim.lr, weight_decay)
+    optimizer = adam(model, config.optim.lr, weight_decay, eps=config.optim.adam_eps)
     split = Split(x, torch.full((x.shape[0],), UNLABELLED, dtype=torch.long, device=x.device))
     batches_per_epoch = math.ceil(x.shape[0] / config.optim.batch_size)
     step = 0
     for epoch in range(epochs):
+        set_learning_rate(optimizer, config, epoch)
         step, _, _ = fit_epoch(model, objective, optimizer, training_batches(split, config.optim.batch_size, "none"),
                                epoch=epoch, step=step, batches_per_epoch=batches_per_epoch, transform=transform,
                                precision=config.precision)
     optimizer.zero_grad(set_to_none=True)
     return model.eval()
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int) -> float:
+    """Set the optimiser's rate for epoch `epoch` (`learning_rate`); a constant schedule leaves it as built."""
+    lr = learning_rate(config.optim.lr, config.optim.lr_schedule, epoch)
+    if config.optim.lr_schedule != "constant":
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    return lr
