@@ -4,7 +4,7 @@ The paper's protocol (section 5 and appendix C of "Importance Weighted Autoencod
 
 - MNIST, dynamically binarized: a fresh Bernoulli draw of every training image in every pass, on
   all 60,000 training images; the 10,000 test images binarized once (here: seeded, seed + 1).
-- 784–200–200–50: two deterministic tanh layers of 200 units on each side, a diagonal Gaussian
+- pixels–200–200–50: two deterministic tanh layers of 200 units on each side, a diagonal Gaussian
   q(z|x) of 50 units, a Bernoulli p(x|z).
 - Adam with β1 = 0.9, β2 = 0.999, ε = 1e-4; batches of 20.
 - 3^i epochs at learning rate 0.001 · 10^(−i/7), for i = 0 … 7: 3,280 epochs.

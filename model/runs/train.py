@@ -15,7 +15,6 @@ docs/distributed.md has the commands.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from model.config.train import TrainConfig
-from model.core.device import resolve_device
+from model.core.device import device_of, resolve_device
 from model.core.labels import UNLABELLED
 from model.core.precision import autocast
 from model.core.schedules import Progress
@@ -244,10 +243,7 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
             (out / ckpt.MANIFEST).unlink(missing_ok=True)  # extending a finished run: no longer complete
 
     parallel = data_parallel(model, objective, device) if processes.distributed else None
-    if processes.distributed:
-        batches_per_epoch = steps_per_epoch(len(data.train), config.optim.batch_size, processes.world_size)
-    else:
-        batches_per_epoch = math.ceil(len(data.train) / config.optim.batch_size)
+    batches_per_epoch = steps_per_epoch(len(data.train), config.optim.batch_size, processes.world_size)
     with tqdm(total=config.optim.epochs, initial=start_epoch, desc="epochs", unit="epoch", dynamic_ncols=True,
               disable=not progress) as bar:
         for epoch in range(start_epoch, config.optim.epochs):
@@ -301,7 +297,7 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
 
 def _validation_elbo(model, data: DataBundle, config: TrainConfig, processes: Processes) -> dict[str, float]:
     """The epoch's validation ELBO, computed in the run's precision as the test bounds will be."""
-    with autocast(config.precision, next(model.parameters()).device):
+    with autocast(config.precision, device_of(model)):
         return split_elbo(model, data.validation, config.optim.kl, processes=processes)
 
 

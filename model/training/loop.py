@@ -8,7 +8,6 @@ through DistributedDataParallel (model.training.distributed).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -20,7 +19,7 @@ from model.core.labels import UNLABELLED
 from model.core.precision import autocast
 from model.core.schedules import Progress
 from model.data.base import Split
-from model.data.batches import Shard, labelled_batches, training_batches
+from model.data.batches import Shard, batches_per_epoch, labelled_batches, training_batches
 from model.kinds.base import Objective
 from model.data.registry import with_recorded_data
 from model.kinds.registry import build_model, build_objective, get_kind
@@ -71,15 +70,12 @@ def fit_epoch(model: nn.Module, objective: Objective, optimizer: torch.optim.Opt
         if transform is not None:
             x = transform(x)
         progress = Progress(epoch=epoch + i / batches_per_epoch, step=step)
-        if parallel is None:
-            with autocast(precision, device):
-                loss, diagnostics = objective(model, x, y, progress)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(loss.item(), epoch + 1, step)
-        else:
-            with autocast(precision, device):
-                loss, diagnostics = parallel(x, y, progress)
+        with autocast(precision, device):
+            loss, diagnostics = objective(model, x, y, progress) if parallel is None else parallel(x, y, progress)
+        if parallel is not None:
             loss = _global_batch_loss(loss, x.shape[0], processes, epoch, step)
+        elif not torch.isfinite(loss):
+            raise NonFiniteLoss(loss.item(), epoch + 1, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -103,7 +99,7 @@ def adam(model: nn.Module, lr: float, weight_decay: float = 0.0, eps: float = 1e
     Fused and for-each Adam compute the same update up to rounding; their state dicts are alike,
     so a run resumes under either. docs/performance.md measures what fusing buys.
     """
-    device = next(model.parameters()).device
+    device = device_of(model)
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in model.parameters())
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, eps=eps, fused=fused or None)
 
@@ -172,12 +168,12 @@ def fit(config: TrainConfig, x: Tensor, *, epochs: int, transform: Callable[[Ten
     objective = build_objective(config)
     optimizer = adam(model, config.optim.lr, weight_decay, eps=config.optim.adam_eps)
     split = Split(x, torch.full((x.shape[0],), UNLABELLED, dtype=torch.long, device=x.device))
-    batches_per_epoch = math.ceil(x.shape[0] / config.optim.batch_size)
+    steps = batches_per_epoch(x.shape[0], config.optim.batch_size)
     step = 0
     for epoch in range(epochs):
         set_learning_rate(optimizer, config, epoch)
         step, _, _ = fit_epoch(model, objective, optimizer, training_batches(split, config.optim.batch_size, "none"),
-                               epoch=epoch, step=step, batches_per_epoch=batches_per_epoch, transform=transform,
+                               epoch=epoch, step=step, batches_per_epoch=steps, transform=transform,
                                precision=config.precision)
     optimizer.zero_grad(set_to_none=True)
     return model.eval()
