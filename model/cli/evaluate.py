@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from model.core.compilation import CompilerMissing, check_available
 from model.core.device import device_of, resolve_device
 from model.runs.checkpoint import load_model
 
@@ -19,6 +20,8 @@ def register(commands) -> None:
     evaluate.add_argument("--k", type=int, default=None, help="importance samples (default: the run's eval_k)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                           help="where to evaluate (default: the run's device)")
+    evaluate.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                          help="torch.compile the bounds (default: as the run was trained; model.core.compilation)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(handler=run)
 
@@ -32,10 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from model.training.distributed import DistributedError, Processes, joined, process_device
 
     model, config = load_model(args.run_dir)
+    if args.compile is not None:
+        config = config.replace(compile=args.compile)
     try:
         processes = Processes.from_environment()  # one process unless torchrun started several
         device = process_device(resolve_device(config.device if args.device is None else args.device), processes)
-    except DistributedError as error:
+        if config.compile:
+            check_available(device)
+    except (DistributedError, CompilerMissing) as error:
         raise ValueError(str(error)) from None
     model.to(device)
     data = load_data(config).to(device_of(model))

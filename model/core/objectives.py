@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import kl_divergence
 
+from model.core import compilation
 from model.core.likelihoods import summed_log_prob
 from model.core.noise import Noise
 from model.core.preprocess import scale
@@ -111,6 +112,9 @@ def iwae_bound(model: nn.Module, x: Tensor, num_samples: int, chunk_size: int = 
     L_K = log (1/K) Σ_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x). The K samples are drawn in chunks of
     `chunk_size`, keeping a running log-sum-exp, so memory is O(chunk_size · B) whatever K is.
 
+    Inside `model.core.compilation.compiling()` (`--compile`) each chunk runs compiled, with the
+    same draws.
+
     Args:
         model: any model kind with `log_weights(x, num_samples, noise) -> (K, B)`.
         x: images (B, ...).
@@ -122,10 +126,10 @@ def iwae_bound(model: nn.Module, x: Tensor, num_samples: int, chunk_size: int = 
         raise ValueError(f"the importance-weighted bound needs K >= 1 samples, got {num_samples}")
     running = None  # (B,) log Σ_k w_k so far
     done = 0
+    fused = compilation.chunk_log_sum_exp() if compilation.active() and noise is None else None  # under --compile
     while done < num_samples:
         k = min(chunk_size, num_samples - done)
-        log_w = model.log_weights(x, k, noise=noise)  # (k, B)
-        chunk = torch.logsumexp(log_w, 0)
+        chunk = torch.logsumexp(model.log_weights(x, k, noise=noise), 0) if fused is None else fused(model, x, k)
         running = chunk if running is None else torch.logaddexp(running, chunk)
         done += k
     return running - math.log(num_samples)

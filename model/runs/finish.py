@@ -14,6 +14,7 @@ from torch import nn
 
 from model.anomaly.companions import fit_companions
 from model.config.train import TrainConfig
+from model.core.compilation import compiling
 from model.data.base import DataBundle
 from model.evaluation.evaluate import evaluate, image_passes
 from model.io.atomic import write_json
@@ -30,6 +31,12 @@ def finish(model: nn.Module, config: TrainConfig, data: DataBundle, out: Path, k
     None having written nothing, and rank 0 finishes alone and returns the evaluation.
     """
     k = k or config.eval_k
+    with compiling(config.compile):  # the bounds' chunks compiled under --compile (model.core.compilation)
+        return _finish(model, config, data, out, k, progress, processes)
+
+
+def _finish(model: nn.Module, config: TrainConfig, data: DataBundle, out: Path, k: int, progress: bool,
+            processes: Processes) -> dict | None:
     tested = None
     if processes.distributed:
         # Each process its own posterior samples, the same on a rerun with as many processes.

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from model.config.train import TrainConfig
+from model.core.compilation import CompiledObjective, CompilerMissing, check_available
 from model.core.device import device_of, resolve_device
 from model.core.labels import UNLABELLED
 from model.core.precision import autocast
@@ -44,7 +45,8 @@ from model.training.distributed import (
 from model.training.loop import NonFiniteLoss, adam, epoch_batches, fit_epoch, set_learning_rate
 
 RECORDED = ("input_shape", "class_labels", "class_names", "arch")  # written by `train` from the data, not chosen
-LOADING_ONLY = ("memory_budget", "data_workers")  # how a folder is read, never what is trained: free on resume
+# How a folder is read and whether the loss is compiled, never what is trained: free on resume.
+LOADING_ONLY = ("memory_budget", "data_workers", "compile")
 
 
 def _check_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig | None:
@@ -63,7 +65,7 @@ def _check_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool
         if differing:
             raise TrainingError(
                 f"--resume: the settings {sorted(differing)} differ from the run in {out}; "
-                "only --epochs (and --memory-budget, --data-workers) may change when resuming"
+                "only --epochs (and --memory-budget, --data-workers, --compile) may change when resuming"
             )
         return saved.replace(epochs=config.optim.epochs, **{k: given[k] for k in LOADING_ONLY})
     if has_run and not overwrite:
@@ -211,6 +213,11 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
             device = resolve_device(config.device)
         except ValueError as error:
             raise TrainingError(str(error)) from None
+    if config.compile:
+        try:
+            check_available(device)  # before anything is loaded or written
+        except CompilerMissing as error:
+            raise TrainingError(str(error)) from None
     torch.manual_seed(config.seed)
     data = (data or _load_data(config, processes)).to(device)
     config = _record_data(config, data)
@@ -222,6 +229,8 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
         write_json(out / ckpt.CONFIG, config.to_dict())
     model = build_model(config).to(device)
     objective = build_objective(config)
+    if config.compile:
+        objective = CompiledObjective(objective)
     optimizer = adam(model, config.optim.lr, eps=config.optim.adam_eps)
     start_epoch, step = 0, 0
     # Rank 0 reads the state and hands it to the others, so the run directory need only be on its machine.
