@@ -102,6 +102,8 @@ def register(commands) -> None:
                      help="CI preset: 300 training images (embedded digits without --data-dir), 2 stages "
                           "(1 + 3 epochs), K = 10; checks the pipeline, not the numbers")
     nll.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    nll.add_argument("--compile", action="store_true", help="torch.compile the loss and the bound (the same "
+                     "protocol, faster after a first compile; model.core.compilation); may change between resumes")
     nll.set_defaults(handler=nll_bench)
 
 
@@ -214,6 +216,6 @@ def nll_bench(args: argparse.Namespace) -> int:
     command = "vae " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     report = nll.run(rows, stages=stages, eval_k=eval_k, data_dir=args.data_dir, out=args.out, quick=args.quick,
                      seed=args.seed, command=command, progress=sys.stderr.isatty(),
-                     on_row=lambda report: nll.save(report, args.out))
+                     on_row=lambda report: nll.save(report, args.out), compile=args.compile)
     print(nll.markdown(report))
     return 0

@@ -280,7 +280,7 @@ class TrainConfig:
     precision: str = setting("fp32", "fp32, or bf16-mixed: the networks' products in bfloat16 (autocast on CPU "
                                      "AMX/AVX-512 and CUDA), every log-likelihood and sum in fp32", PRECISIONS)
     compile: bool = setting(False, "torch.compile (inductor) the training loss and the importance-weighted "
-                                   "bound: the same numbers, faster after a compile cached on disk "
+                                   "bound: the same draws, faster after a compile cached on disk "
                                    "(model.core.compilation); may change on resume")
     eval_k: int = setting(1000, "importance samples for the test IWAE estimate")
 
