@@ -7,6 +7,10 @@ process; run it on a quiet machine (another job's load would fall on one run mor
 
     python benchmarks/precision.py                                  # embedded digits, a few minutes
     python benchmarks/precision.py --data-dir ../shared/data/mnist --epochs 5 --json docs/results/precision.json
+
+With `--compile` both precisions also train and evaluate under `--compile` (model.core.compilation),
+two more rows against the same eager fp32 run; their first epoch and their evaluation include the
+compilation (or reading inductor's cache).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--same-weights-images", type=int, default=2000,
                         help="test images for the bound of the fp32 run's weights in both precisions")
+    parser.add_argument("--compile", action="store_true", help="also both precisions under --compile")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -54,15 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data(config)
     scratch = tempfile.TemporaryDirectory(prefix="precision-")
     root = Path(args.out or scratch.name)
-    runs = {p: root / p for p in PRECISIONS}
-    for precision in PRECISIONS:
-        train(config.replace(precision=precision, epochs=args.epochs), runs[precision], progress=False, data=data)
+    variants = {p: (p, False) for p in PRECISIONS}
+    if args.compile:
+        variants.update({f"{p} --compile": (p, True) for p in PRECISIONS})
+    runs = {name: root / name.replace(" --", "-") for name in variants}
+    for name, (precision, compiled) in variants.items():
+        train(config.replace(precision=precision, compile=compiled, epochs=args.epochs), runs[name], progress=False,
+              data=data)
     rows = {}
-    for precision, run in runs.items():
+    for name, run in runs.items():
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         evaluation = json.loads((run / "evaluation.json").read_text())
-        rows[precision] = {
+        seconds = sum(m["seconds"] for m in metrics)
+        rows[name] = {
             "train_images_per_second": sum(m["images_per_second"] for m in metrics) / len(metrics),
+            "training_seconds": seconds, "train_images_per_second_overall": len(data.train) * len(metrics) / seconds,
             "evaluation_seconds": evaluation["seconds"],
             "test_elbo": evaluation["test"]["elbo"], "test_log_px": evaluation["iwae"]["log_px"],
         }
@@ -86,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_evaluation": fp32["evaluation_seconds"] / bf16["evaluation_seconds"],
         "elbo_difference": bf16["test_elbo"] - fp32["test_elbo"],
         "log_px_difference": bf16["test_log_px"] - fp32["test_log_px"],
+        "against_eager_fp32": {name: {"training": row["train_images_per_second_overall"]
+                                             / fp32["train_images_per_second_overall"],
+                                         "evaluation": fp32["evaluation_seconds"] / row["evaluation_seconds"],
+                                         "elbo_difference": row["test_elbo"] - fp32["test_elbo"],
+                                         "log_px_difference": row["test_log_px"] - fp32["test_log_px"]}
+                               for name, row in rows.items()},
         "same_weights": {"images": len(test), "k": args.eval_k, **same_weights,
                          "log_px_difference": same_weights["bf16-mixed"]["log_px"] - same_weights["fp32"]["log_px"],
                          "speedup": same_weights["fp32"]["seconds"] / same_weights["bf16-mixed"]["seconds"]},
@@ -94,10 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{dataset}, {len(data.train):,} training images, {args.epochs} epochs, batch {args.batch_size}, "
           f"latent {args.latent_features}, L_{args.eval_k}, {args.threads} threads, CPU {result['cpu_capability']}")
-    print(f"{'':<12} {'train img/s':>12} {'eval s':>8} {'test ELBO':>10} {'L_K':>10}")
-    for precision, row in rows.items():
-        print(f"{precision:<12} {row['train_images_per_second']:12.0f} {row['evaluation_seconds']:8.1f} "
-              f"{row['test_elbo']:10.2f} {row['test_log_px']:10.2f}")
+    print(f"{'':<22} {'train img/s':>12} {'train s':>8} {'eval s':>8} {'test ELBO':>10} {'L_K':>10}")
+    for name, row in rows.items():
+        print(f"{name:<22} {row['train_images_per_second']:12.0f} {row['training_seconds']:8.1f} "
+              f"{row['evaluation_seconds']:8.1f} {row['test_elbo']:10.2f} {row['test_log_px']:10.2f}")
+    for name, ratio in result["against_eager_fp32"].items():
+        if name != "fp32":
+            print(f"{name} / fp32: training {ratio['training']:.2f}x, evaluation {ratio['evaluation']:.2f}x, "
+                  f"ELBO {ratio['elbo_difference']:+.2f}, L_K {ratio['log_px_difference']:+.2f} nats")
     print(f"bf16-mixed / fp32: training {result['speedup_training']:.2f}x (target >= 2), evaluation "
           f"{result['speedup_evaluation']:.2f}x; ELBO {result['elbo_difference']:+.2f} nats (target within 0.3), "
           f"L_K {result['log_px_difference']:+.2f} nats (target within 0.1)")

@@ -9,7 +9,11 @@ in the same process. The fraction is
     achieved FLOP/s / GEMM-only FLOP/s = (time of the GEMMs alone) / (time of the workload),
 
 so 100 % means the workload is nothing but its matrix products; the rest is elementwise work,
-reductions, the optimizer, Python and dispatch. The bf16 column is the ceiling AMX (or a GPU's
+reductions, the optimizer, Python and dispatch. The workload and its replays are timed in
+alternating rounds and each fraction is the median of the rounds' ratios, so a VM whose speed
+drifts moves both sides together. The `--compile` rows run the workload as `vae train --compile`
+does (model.core.compilation) against the products the eager workload dispatches; their first call,
+which compiles, is reported apart (inductor caches it on disk for the next process). The bf16 column is the ceiling AMX (or a GPU's
 tensor cores) would give the same products. A profile of the workload's top operators says where
 the rest goes, and oneDNN's verbose log names the kernels the CPU ran.
 
@@ -40,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model.config.train import TrainConfig
 from model.core import likelihoods
+from model.core.compilation import CompiledObjective, compiling
 from model.core.objectives import iwae_bound
 from model.core.precision import autocast
 from model.core.schedules import Progress
@@ -113,21 +118,41 @@ def replay(gemms: list[Gemm], dtype: torch.dtype, device: torch.device) -> Calla
 def seconds_per_call(fn: Callable[[], object], *, min_seconds: float, device: torch.device,
                      warmup: int = 3) -> float:
     """Median seconds of one call of fn over repeats lasting at least `min_seconds` in all."""
-    for _ in range(warmup):
-        fn()
+    return interleaved([fn], min_seconds=min_seconds, device=device, warmup=warmup)[0][0]
+
+
+def interleaved(fns: list[Callable[[], object]], *, min_seconds: float, device: torch.device,
+                warmup: int = 3) -> tuple[list[float], list[list[float]]]:
+    """Time the functions in alternating rounds (one call of each per round) until each has run for
+    at least `min_seconds`: (median seconds per call of each, every round's times).
+
+    Interleaving puts a workload and its baseline under the same conditions: on a shared VM whose
+    speed drifts by tens of percent, timing one then the other would move their ratio with it.
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    total = 0.0
-    while total < min_seconds or len(times) < 5:
-        sync()
-        started = time.perf_counter()
-        fn()
-        sync()
-        elapsed = time.perf_counter() - started
-        times.append(elapsed)
-        total += elapsed
-    times.sort()
-    return times[len(times) // 2]
+    rounds: list[list[float]] = []
+    totals = [0.0] * len(fns)
+    while min(totals) < min_seconds or len(rounds) < 5:
+        times = []
+        for i, fn in enumerate(fns):
+            sync()
+            started = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - started)
+            totals[i] += times[-1]
+        rounds.append(times)
+    medians = [sorted(r[i] for r in rounds)[len(rounds) // 2] for i in range(len(fns))]
+    return medians, rounds
+
+
+def median_ratio(rounds: list[list[float]], numerator: int, denominator: int) -> float:
+    """The median over rounds of one function's time over another's, measured side by side."""
+    ratios = sorted(r[numerator] / r[denominator] for r in rounds)
+    return ratios[len(ratios) // 2]
 
 
 def profile_top(fn: Callable[[], object], n: int = 8) -> list[dict]:
@@ -144,14 +169,22 @@ def profile_top(fn: Callable[[], object], n: int = 8) -> list[dict]:
 
 
 def measure(name: str, fn: Callable[[], object], device: torch.device, min_seconds: float,
-            items: int, unit: str, same_products: Callable[[], object] | None = None) -> dict:
+            items: int, unit: str, same_products: Callable[[], object] | None = None,
+            in_process: Callable[[], object] | None = None) -> dict:
     """Time fn, record and count its GEMMs, replay them in fp32 and bf16; the row of the table.
 
+    The workload and the two replays are timed in alternating rounds (`interleaved`), and each
+    fraction is the median of the rounds' own ratios.
+
     Args:
-        same_products: a function dispatching the same matrix products as fn in this thread, for a
-            workload that runs them elsewhere (the service's inference thread); default fn itself.
+        same_products: a function dispatching the same matrix products as fn, eagerly, in this thread,
+            to record and count: for a workload that runs them elsewhere (the service's inference
+            thread) or through compiled code; default fn itself.
+        in_process: the same computation without the service around it, timed beside a served workload.
     """
-    fn()  # warm: allocator, oneDNN primitive caches
+    started = time.perf_counter()
+    fn()  # warm: allocator, oneDNN primitive caches; a compiled workload compiles here
+    first_call = time.perf_counter() - started
     products = same_products or fn
     recorder = GemmRecorder()
     with recorder:
@@ -161,32 +194,36 @@ def measure(name: str, fn: Callable[[], object], device: torch.device, min_secon
         products()
     flops = counter.get_total_flops()
     recorded = sum(g.flops() for g in recorder.gemms)
-    workload = seconds_per_call(fn, min_seconds=min_seconds, device=device)
-    fp32 = seconds_per_call(replay(recorder.gemms, torch.float32, device), min_seconds=min_seconds, device=device)
-    bf16 = seconds_per_call(replay(recorder.gemms, torch.bfloat16, device), min_seconds=min_seconds, device=device)
+    timed = [fn, replay(recorder.gemms, torch.float32, device), replay(recorder.gemms, torch.bfloat16, device)]
+    if in_process is not None:
+        timed.append(in_process)
+    (workload, fp32, bf16, *rest), rounds = interleaved(timed, min_seconds=min_seconds, device=device)
     dtypes = [a[2] for g in recorder.gemms for a in g.args[:2] if isinstance(a, tuple)]
     own = "bf16" if dtypes and dtypes.count(torch.bfloat16) * 2 > len(dtypes) else "fp32"
     return {
         "workload": name, "items_per_call": items, "unit": unit, "gemms_per_call": len(recorder.gemms),
         "gemm_dtype": own, "gflop_per_call": flops / 1e9, "gflop_recorded": recorded / 1e9,
-        "seconds_per_call": workload, "items_per_second": items / workload,
+        "seconds_per_call": workload, "items_per_second": items / workload, "first_call_seconds": first_call,
         "achieved_gflops": flops / workload / 1e9,
         "fp32_gemm_gflops": recorded / fp32 / 1e9, "bf16_gemm_gflops": recorded / bf16 / 1e9,
-        "fraction_of_fp32_gemm": fp32 / workload, "bf16_over_fp32_gemm": fp32 / bf16,
+        "fraction_of_fp32_gemm": median_ratio(rounds, 1, 0), "bf16_over_fp32_gemm": median_ratio(rounds, 1, 2),
         # The fraction against the GEMMs in the workload's own dtype: the roofline it can reach.
-        "fraction_of_own_gemm": (bf16 if own == "bf16" else fp32) / workload,
+        "fraction_of_own_gemm": median_ratio(rounds, 2 if own == "bf16" else 1, 0),
+        "rounds": len(rounds),
         "top_ops": profile_top(fn),
-        **({"in_process_seconds_per_call": seconds_per_call(same_products, min_seconds=min_seconds, device=device)}
-           if same_products is not None else {}),
+        **({"in_process_seconds_per_call": rest[0]} if in_process is not None else {}),
     }
 
 
 def training_step(config: TrainConfig, x: torch.Tensor, fused: bool = True) -> Callable[[], None]:
     """One optimiser step of the library's training loop body (model.training.loop.fit_epoch) on batch x:
-    the loop's optimiser (`model.training.loop.adam`, fused), or for-each Adam (the loop's before)."""
+    the loop's optimiser (`model.training.loop.adam`, fused), or for-each Adam (the loop's before);
+    under `config.compile` the objective compiled as `vae train --compile` compiles it."""
     torch.manual_seed(config.seed)
     model = build_model(config).to(x.device).train()
     objective = build_objective(config)
+    if config.compile:
+        objective = CompiledObjective(objective)
     optimizer = adam(model, config.optim.lr) if fused else torch.optim.Adam(model.parameters(), lr=config.optim.lr)
     y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     state = {"step": 0}
@@ -284,6 +321,9 @@ def render(result: dict) -> str:
     for row in result["rows"]:
         tops = ", ".join(f"{t['op']} {100 * t['share']:.0f} %" for t in row["top_ops"][:6])
         line = f"- {row['workload']}: {row['gemms_per_call']} GEMMs, {1e3 * row['gflop_per_call']:.1f} MFLOP per call"
+        if "--compile" in row["workload"]:
+            line += (f"; its first call, which compiles (or reads inductor's cache), took {row['first_call_seconds']:.1f} s, "
+                     f"{row['first_call_seconds'] / row['seconds_per_call']:,.0f} calls' time")
         if "in_process_seconds_per_call" in row:
             line += (f"; the same bound in process takes {1e3 * row['in_process_seconds_per_call']:.1f} ms of the "
                      f"request's {1e3 * row['seconds_per_call']:.1f} ms")
@@ -327,15 +367,20 @@ def main(argv: list[str] | None = None) -> int:
                         args.batch_size, "images"))
     rows.append(measure(f"training step, {what}, bf16-mixed", training_step(train_config.replace(precision="bf16-mixed"), x),
                         device, args.seconds, args.batch_size, "images"))
+    rows.append(measure(f"training step, {what}, --compile", training_step(train_config.replace(compile=True), x),
+                        device, args.seconds, args.batch_size, "images", same_products=training_step(train_config, x)))
+    mixed = train_config.replace(precision="bf16-mixed")
+    rows.append(measure(f"training step, {what}, bf16-mixed --compile", training_step(mixed.replace(compile=True), x),
+                        device, args.seconds, args.batch_size, "images", same_products=training_step(mixed, x)))
 
     iwae_config = base.replace(latent_features=args.iwae_latent, **with_shape)
     torch.manual_seed(0)
     model = build_model(iwae_config).to(device).eval()
     xi = data.test.x[:args.iwae_batch].to(device)
 
-    def bound(precision: str = "fp32"):
+    def bound(precision: str = "fp32", compiled: bool = False):
         def run():
-            with torch.inference_mode(), autocast(precision, device):
+            with torch.inference_mode(), autocast(precision, device), compiling(compiled):
                 iwae_bound(model, xi, args.k)
         return run
 
@@ -350,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(measure(f"IWAE bound, {what}", bound(), device, args.seconds, args.iwae_batch, "images"))
     rows.append(measure(f"IWAE bound, {what}, bf16-mixed", bound("bf16-mixed"), device, args.seconds,
                         args.iwae_batch, "images"))
+    rows.append(measure(f"IWAE bound, {what}, --compile", bound(compiled=True), device, args.seconds,
+                        args.iwae_batch, "images", same_products=bound()))
+    rows.append(measure(f"IWAE bound, {what}, bf16-mixed --compile", bound("bf16-mixed", compiled=True), device,
+                        args.seconds, args.iwae_batch, "images", same_products=bound("bf16-mixed")))
 
     if not args.skip_serve:
         with tempfile.TemporaryDirectory() as tmp:
@@ -357,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rows.append(measure(f"served POST /iwae, K = {args.serve_k}, {args.serve_batch} images (JSON)",
                                     call, device, args.seconds, args.serve_batch, "images",
-                                    same_products=same_products))
+                                    same_products=same_products, in_process=same_products))
             finally:
                 call.client.__exit__(None, None, None)
 
