@@ -122,9 +122,10 @@ def seconds_per_call(fn: Callable[[], object], *, min_seconds: float, device: to
 
 
 def interleaved(fns: list[Callable[[], object]], *, min_seconds: float, device: torch.device,
-                warmup: int = 3) -> tuple[list[float], list[list[float]]]:
+                warmup: int = 3, min_rounds: int = 5) -> tuple[list[float], list[list[float]]]:
     """Time the functions in alternating rounds (one call of each per round) until each has run for
-    at least `min_seconds`: (median seconds per call of each, every round's times).
+    at least `min_seconds` and `min_rounds` rounds are done: (median seconds per call of each, every
+    round's times).
 
     Interleaving puts a workload and its baseline under the same conditions: on a shared VM whose
     speed drifts by tens of percent, timing one then the other would move their ratio with it.
@@ -135,7 +136,7 @@ def interleaved(fns: list[Callable[[], object]], *, min_seconds: float, device: 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rounds: list[list[float]] = []
     totals = [0.0] * len(fns)
-    while min(totals) < min_seconds or len(rounds) < 5:
+    while min(totals) < min_seconds or len(rounds) < min_rounds:
         times = []
         for i, fn in enumerate(fns):
             sync()

@@ -47,7 +47,7 @@ def check_available(device: torch.device) -> None:
         cxx = os.environ.get("CXX", "g++")
         if shutil.which(cxx) is None:
             raise CompilerMissing(f"--compile on the CPU needs a C++ compiler for inductor: expected {cxx!r} on the "
-                                  "PATH (install gcc or g++, or set CXX), found none; or train without --compile")
+                                  "PATH (install gcc or g++, or set CXX), found none; or run without --compile")
 
 
 def compiled(fn: Callable) -> Callable:
