@@ -41,6 +41,19 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_data():
+    """The embedded digits cut small (512 training, 64 validation, 200 test images), for tests that
+    train whole runs and compare them."""
+    from model.config.train import TrainConfig
+    from model.data.base import DataBundle, Split
+    from model.data.loading import load_data
+
+    data = load_data(TrainConfig.of(dataset="embedded", train_subset=512, device="cpu"))
+    return DataBundle(data.train, Split(data.validation.x[:64], data.validation.y[:64]),
+                      Split(data.test.x[:200], data.test.y[:200]), data.binarize)
+
+
+@pytest.fixture(scope="session")
 def model_dir(tiny_run, tmp_path_factory) -> Path:
     """A model directory holding only the tiny run, named `tiny`."""
     root = tmp_path_factory.mktemp("models")

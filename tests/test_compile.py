@@ -12,21 +12,11 @@ from model import TrainConfig, load_checkpoint
 from model.core.compilation import CompiledObjective, compiling
 from model.core.objectives import iwae_bound
 from model.core.schedules import Progress
-from model.data.base import DataBundle, Split
-from model.data.loading import load_data
 from model.kinds.registry import build_model, build_objective
 from model.runs.train import TrainingError, train
 from model.training.loop import adam
 
 SHAPE = dict(input_shape=(1, 28, 28), class_labels=tuple(range(10)), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def small_data():
-    config = TrainConfig.of(dataset="embedded", train_subset=256, device="cpu")
-    data = load_data(config)
-    return DataBundle(data.train, Split(data.validation.x[:32], data.validation.y[:32]),
-                      Split(data.test.x[:64], data.test.y[:64]), data.binarize)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "m2"])
@@ -80,7 +70,7 @@ def test_compiled_training_steps_follow_the_eager_trajectory():
 
 
 def test_a_compiled_run_matches_the_eager_run_and_may_resume_without_compiling(tmp_path, small_data):
-    settings = dict(dataset="embedded", hidden=(32,), latent_features=2, epochs=1, batch_size=64, train_subset=256,
+    settings = dict(dataset="embedded", hidden=(32,), latent_features=2, epochs=1, batch_size=64, train_subset=512,
                     eval_k=8, calibration_k=4, seed=1, device="cpu")
     eager = load_checkpoint(train(TrainConfig.of(**settings), tmp_path / "eager", progress=False, data=small_data))
     run = train(TrainConfig.of(**settings, compile=True), tmp_path / "compiled", progress=False, data=small_data)

@@ -12,8 +12,6 @@ from model.config.base import ConfigError
 from model.core.likelihoods import SoftBernoulli, summed_log_prob
 from model.core.objectives import iwae_bound, reduce_to
 from model.core.precision import autocast
-from model.data.base import DataBundle, Split
-from model.data.loading import load_data
 from model.kinds.registry import KINDS, build_model
 from model.runs.train import TrainingError, train
 
@@ -76,14 +74,6 @@ def test_under_bf16_mixed_every_kinds_bounds_are_fp32_and_close_to_fp32s(kind):
         assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
         assert (bf16 - fp32).abs().max() < 0.02 * fp32.abs().max() + 0.5, (fp32, bf16)
     assert not torch.equal(values["fp32"][2], values["bf16-mixed"][2])  # the products did run in bf16
-
-
-@pytest.fixture(scope="module")
-def small_data():
-    config = TrainConfig.of(dataset="embedded", train_subset=512, device="cpu")
-    data = load_data(config)
-    return DataBundle(data.train, Split(data.validation.x[:64], data.validation.y[:64]),
-                      Split(data.test.x[:200], data.test.y[:200]), data.binarize)
 
 
 def test_a_bf16_mixed_run_records_its_precision_and_reaches_the_bounds_of_fp32(tmp_path, small_data):
