@@ -31,7 +31,7 @@ from contextlib import contextmanager
 
 import torch
 
-# Recorded in the config and checked before anything runs; eager stays the default.
+# inductor's options for everything compiled here: random ops call eager torch's generators.
 OPTIONS = {"fallback_random": True}
 
 _active: contextvars.ContextVar[bool] = contextvars.ContextVar("vae_compile", default=False)
