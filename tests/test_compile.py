@@ -95,3 +95,17 @@ def test_compile_without_a_cpp_compiler_is_refused_before_anything_is_written(tm
         train(TrainConfig.of(dataset="embedded", epochs=1, compile=True, device="cpu"), out, progress=False,
               data=small_data)
     assert not out.exists()
+
+
+def test_the_anomaly_bench_under_compile_measures_what_it_measures_eagerly():
+    """`vae bench anomaly --compile`: the same models (to rounding) and the same draws, so the same AUROCs."""
+    from dataclasses import replace
+
+    from model.bench.anomaly import run
+    from model.bench.config import QUICK
+
+    config = replace(QUICK, classes=(0,), epochs=2, scores=("iwae", "reconstruction"), test_subset=200)
+    eager, compiled = (run(replace(config, compile=flag))["results"][0]["auroc"] for flag in (False, True))
+    assert set(eager) == set(compiled) == {"iwae", "reconstruction"}
+    for name in eager:
+        assert compiled[name] == pytest.approx(eager[name], abs=0.01), (eager, compiled)

@@ -34,6 +34,7 @@ from model.anomaly.registry import NLL_SCORES, SCORES
 from model.anomaly.scoring import score_split
 from model.bench.config import BenchConfig, benchmark_data
 from model.config.train import FOLDER_DATASETS, TrainConfig
+from model.core.compilation import compiling
 from model.core.labels import UNLABELLED
 from model.data.base import DataError, Split
 from model.data.loading import load_raw
@@ -125,11 +126,17 @@ CALIBRATION_IMAGES = 1000  # training images that standardise a derived score's 
 
 
 def run_case(case: Case, config: BenchConfig) -> dict:
-    """Train the case's model (and background model), score its test images, return the AUROCs."""
+    """Train the case's model (and background model), score its test images, return the AUROCs;
+    under `config.compile` the training losses and the bounds run compiled (model.core.compilation)."""
+    with compiling(config.compile):
+        return _run_case(case, config)
+
+
+def _run_case(case: Case, config: BenchConfig) -> dict:
     train_config = TrainConfig.of(latent_features=config.latent_features, hidden=config.hidden, kl="analytic",
                                   arch=config.arch, conv_channels=config.conv_channels,
                                   epochs=case.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                                  input_shape=tuple(case.train_x.shape[1:]))
+                                  input_shape=tuple(case.train_x.shape[1:]), compile=config.compile)
     started = time.perf_counter()
     model = fit_model(train_config, case.train_x, epochs=case.epochs)
     train_seconds = time.perf_counter() - started
