@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from model.config.train import TrainConfig
-from model.core.compilation import CompiledObjective
 from model.data.base import DataBundle
 from model.data.batches import batches_per_epoch
 from model.data.loading import load_data
@@ -44,8 +43,6 @@ def epoch_runner(config: TrainConfig, data: DataBundle) -> Callable[[], int]:
     torch.manual_seed(config.seed)
     model = build_model(config)
     objective = build_objective(config)
-    if config.compile:
-        objective = CompiledObjective(objective)
     optimizer = adam(model, config.optim.lr)
     steps = batches_per_epoch(len(data.train), config.optim.batch_size)
     state = {"epoch": 0, "step": 0}

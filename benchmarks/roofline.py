@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model.config.train import TrainConfig
 from model.core import likelihoods
-from model.core.compilation import CompiledObjective, compiling
+from model.core.compilation import compiling
 from model.core.objectives import iwae_bound
 from model.core.precision import autocast
 from model.core.schedules import Progress
@@ -113,12 +113,6 @@ def replay(gemms: list[Gemm], dtype: torch.dtype, device: torch.device) -> Calla
         for op, args in calls:
             op(*args)
     return run
-
-
-def seconds_per_call(fn: Callable[[], object], *, min_seconds: float, device: torch.device,
-                     warmup: int = 3) -> float:
-    """Median seconds of one call of fn over repeats lasting at least `min_seconds` in all."""
-    return interleaved([fn], min_seconds=min_seconds, device=device, warmup=warmup)[0][0]
 
 
 def interleaved(fns: list[Callable[[], object]], *, min_seconds: float, device: torch.device,
@@ -219,12 +213,10 @@ def measure(name: str, fn: Callable[[], object], device: torch.device, min_secon
 def training_step(config: TrainConfig, x: torch.Tensor, fused: bool = True) -> Callable[[], None]:
     """One optimiser step of the library's training loop body (model.training.loop.fit_epoch) on batch x:
     the loop's optimiser (`model.training.loop.adam`, fused), or for-each Adam (the loop's before);
-    under `config.compile` the objective compiled as `vae train --compile` compiles it."""
+    under `config.compile` the objective is compiled as `vae train --compile` compiles it (build_objective)."""
     torch.manual_seed(config.seed)
     model = build_model(config).to(x.device).train()
     objective = build_objective(config)
-    if config.compile:
-        objective = CompiledObjective(objective)
     optimizer = adam(model, config.optim.lr) if fused else torch.optim.Adam(model.parameters(), lr=config.optim.lr)
     y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     state = {"step": 0}

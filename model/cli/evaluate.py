@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.core.compilation import CompilerMissing, check_available
+from model.core.compilation import check_available
 from model.core.device import device_of, resolve_device
 from model.runs.checkpoint import load_model
 
@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         processes = Processes.from_environment()  # one process unless torchrun started several
         device = process_device(resolve_device(config.device if args.device is None else args.device), processes)
-        if config.compile:
-            check_available(device)
-    except (DistributedError, CompilerMissing) as error:
+    except DistributedError as error:
         raise ValueError(str(error)) from None
+    if config.compile:
+        check_available(device)
     model.to(device)
     data = load_data(config).to(device_of(model))
     with joined(processes, device):

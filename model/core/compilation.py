@@ -37,8 +37,9 @@ OPTIONS = {"fallback_random": True}
 _active: contextvars.ContextVar[bool] = contextvars.ContextVar("vae_compile", default=False)
 
 
-class CompilerMissing(RuntimeError):
-    """--compile on a CPU without a C++ compiler for inductor."""
+class CompilerMissing(ValueError):
+    """--compile on a CPU without a C++ compiler for inductor (a ValueError: the CLI reports it as it
+    reports any option it cannot honour)."""
 
 
 def check_available(device: torch.device) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from model.config.train import TrainConfig
+from model.core.compilation import CompiledObjective
 from model.data.registry import with_recorded_data
 from model.kinds import adgm, categorical, gaussian, m2
 from model.kinds.base import Kind, Objective
@@ -38,7 +39,10 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def build_objective(config: TrainConfig) -> Objective:
-    return get_kind(config.model.kind).objective(config.optim)
+    """The kind's training objective; under `config.compile` its call runs through torch.compile
+    (`model.core.compilation.CompiledObjective`)."""
+    objective = get_kind(config.model.kind).objective(config.optim)
+    return CompiledObjective(objective) if config.compile else objective
 
 
 def kinds_with(capability: str) -> list[str]:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from model.config.train import TrainConfig
-from model.core.compilation import CompiledObjective, CompilerMissing, check_available
+from model.core.compilation import CompilerMissing, check_available
 from model.core.device import device_of, resolve_device
 from model.core.labels import UNLABELLED
 from model.core.precision import autocast
@@ -229,8 +229,6 @@ def _train(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, pro
         write_json(out / ckpt.CONFIG, config.to_dict())
     model = build_model(config).to(device)
     objective = build_objective(config)
-    if config.compile:
-        objective = CompiledObjective(objective)
     optimizer = adam(model, config.optim.lr, eps=config.optim.adam_eps)
     start_epoch, step = 0, 0
     # Rank 0 reads the state and hands it to the others, so the run directory need only be on its machine.

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from model.config.train import TrainConfig
-from model.core.compilation import CompiledObjective, check_available
 from model.core.device import device_of
 from model.core.labels import UNLABELLED
 from model.core.precision import autocast
@@ -167,9 +166,6 @@ def fit(config: TrainConfig, x: Tensor, *, epochs: int, transform: Callable[[Ten
     config = with_recorded_data(config, tuple(x.shape[1:]))  # a config not from a run: the images' own shape
     model = build_model(config).to(x.device)
     objective = build_objective(config)
-    if config.compile:
-        check_available(x.device)
-        objective = CompiledObjective(objective)
     optimizer = adam(model, config.optim.lr, weight_decay, eps=config.optim.adam_eps)
     split = Split(x, torch.full((x.shape[0],), UNLABELLED, dtype=torch.long, device=x.device))
     steps = batches_per_epoch(x.shape[0], config.optim.batch_size)
