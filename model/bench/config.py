@@ -74,8 +74,8 @@ class BenchConfig:
     regret_steps: int = setting(20, "optimisation steps of likelihood regret per image")
     seed: int = setting(0, "seed of the models and the test subsets")
     compile: bool = setting(False, "torch.compile each model's loss and its −L_K chunks (model.core.compilation): "
-                                   "the same draws, faster after a first compile (conv: about 1.6× training, "
-                                   "3× scoring)")
+                                   "the same draws; conv trains about 1.3× faster, its scores are not "
+                                   "faster (docs/own-images.md)")
 
     def __post_init__(self):
         problems = []
